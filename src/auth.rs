@@ -1,0 +1,216 @@
+//! Credentials (SPEC 5.1) and the client address (SPEC 5.4). No I/O.
+
+use base64::Engine as _;
+use http::HeaderMap;
+use ipnet::IpNet;
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    pub token: Cow<'a, str>,
+    /// The Basic/Bearer username, when present and non-empty.
+    pub tenant: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("missing credentials: send Authorization: Bearer <token> or Basic <tenant:token>")]
+    Missing,
+    #[error("malformed Authorization header: expected Bearer <token>, Bearer <tenant>:<token> or Basic base64(<tenant>:<token>)")]
+    Malformed,
+}
+
+impl CredentialsError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CredentialsError::Missing => "missing_credentials",
+            CredentialsError::Malformed => "malformed_credentials",
+        }
+    }
+}
+
+/// Longest Authorization value accepted before any decoding.
+const MAX_AUTHORIZATION_LEN: usize = 8192;
+
+fn split_tenant(s: &str) -> (Option<&str>, &str) {
+    match s.split_once(':') {
+        Some((tenant, token)) => ((!tenant.is_empty()).then_some(tenant), token),
+        None => (None, s),
+    }
+}
+
+/// Extracts credentials from the Authorization header. The token is not validated here.
+pub fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, CredentialsError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(v) = values.next() else {
+        return Err(CredentialsError::Missing);
+    };
+    if values.next().is_some() || v.len() > MAX_AUTHORIZATION_LEN {
+        return Err(CredentialsError::Malformed);
+    }
+    let v = v.to_str().map_err(|_| CredentialsError::Malformed)?.trim();
+    let (scheme, rest) = v.split_once(' ').ok_or(CredentialsError::Malformed)?;
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Err(CredentialsError::Malformed);
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let (tenant, token) = split_tenant(rest);
+        if token.is_empty() {
+            return Err(CredentialsError::Malformed);
+        }
+        Ok(Credentials { token: Cow::Borrowed(token), tenant: tenant.map(Cow::Borrowed) })
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| CredentialsError::Malformed)?;
+        let text = String::from_utf8(raw).map_err(|_| CredentialsError::Malformed)?;
+        let (user, token) = text.split_once(':').ok_or(CredentialsError::Malformed)?;
+        if token.is_empty() {
+            return Err(CredentialsError::Malformed);
+        }
+        let tenant = (!user.is_empty()).then(|| Cow::Owned(user.to_string()));
+        Ok(Credentials { token: Cow::Owned(token.to_string()), tenant })
+    } else {
+        Err(CredentialsError::Malformed)
+    }
+}
+
+/// The TCP peer, unless it is a trusted proxy: then the right-most `X-Forwarded-For` entry that
+/// is not itself a trusted proxy. Unparsable entries stop the walk and the last trusted hop is
+/// used (fail closed: never an address the client chose freely).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return peer;
+    }
+    let mut current = peer;
+    // all X-Forwarded-For headers, in order, form one list
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for e in entries.iter().rev() {
+        let Some(ip) = parse_xff_entry(e) else { return current };
+        let ip = canonical(ip);
+        if !is_trusted(&ip) {
+            return ip;
+        }
+        current = ip;
+    }
+    current
+}
+
+fn parse_xff_entry(e: &str) -> Option<IpAddr> {
+    let e = e.trim();
+    if let Ok(ip) = e.parse() {
+        return Some(ip);
+    }
+    // `[v6]:port` or `v4:port`
+    if let Ok(sa) = e.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    None
+}
+
+/// IPv4-mapped IPv6 (`::ffff:10.0.0.1`) is treated as the IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    fn basic(s: &str) -> String {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+    }
+
+    #[test]
+    fn bearer_forms() {
+        let m = h("Bearer glc_abc");
+        let c = credentials(&m).unwrap();
+        assert_eq!((c.token.as_ref(), c.tenant), ("glc_abc", None));
+        let m = h("bearer team-a:glc_abc");
+        let c = credentials(&m).unwrap();
+        assert_eq!((c.token.as_ref(), c.tenant.as_deref()), ("glc_abc", Some("team-a")));
+        let m = h("Bearer :glc_abc");
+        assert_eq!(credentials(&m).unwrap().tenant, None);
+    }
+
+    #[test]
+    fn basic_forms() {
+        let m = h(&basic("team-a:glc_abc"));
+        let c = credentials(&m).unwrap();
+        assert_eq!((c.token.as_ref(), c.tenant.as_deref()), ("glc_abc", Some("team-a")));
+        let m = h(&basic(":glc_abc"));
+        assert_eq!(credentials(&m).unwrap().tenant, None);
+    }
+
+    #[test]
+    fn missing_and_malformed() {
+        assert_eq!(credentials(&HeaderMap::new()), Err(CredentialsError::Missing));
+        for bad in ["Bearer", "Bearer ", "Token abc", "Basic !!!", "glc_abc", "Bearer team:"] {
+            assert_eq!(credentials(&h(bad)), Err(CredentialsError::Malformed), "{bad:?}");
+        }
+        assert_eq!(credentials(&h(&basic("no-colon"))), Err(CredentialsError::Malformed));
+        assert_eq!(credentials(&h(&basic("team:"))), Err(CredentialsError::Malformed));
+        let mut two = h("Bearer a");
+        two.append(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(credentials(&two), Err(CredentialsError::Malformed));
+        let mut bin = HeaderMap::new();
+        bin.insert(http::header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff").unwrap());
+        assert_eq!(credentials(&bin), Err(CredentialsError::Malformed));
+    }
+
+    fn xff(v: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for x in v {
+            m.append("x-forwarded-for", HeaderValue::from_str(x).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn client_ip_ignores_xff_from_untrusted_peers() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(client_ip(peer, &xff(&["1.2.3.4"]), &trusted), peer);
+        assert_eq!(client_ip(peer, &xff(&["1.2.3.4"]), &[]), peer);
+    }
+
+    #[test]
+    fn client_ip_takes_rightmost_untrusted_entry() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let m = xff(&["6.6.6.6, 1.2.3.4, 10.0.0.7"]);
+        assert_eq!(client_ip(peer, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // several headers form one list
+        let m = xff(&["6.6.6.6", "1.2.3.4"]);
+        assert_eq!(client_ip(peer, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // no header: the peer
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+        // garbage stops the walk at the last trusted hop
+        let m = xff(&["1.2.3.4, garbage, 10.0.0.7"]);
+        assert_eq!(client_ip(peer, &m, &trusted), "10.0.0.7".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &xff(&["[2001:db8::1]:443"]), &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn mapped_v6_is_v4() {
+        let ip: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(canonical(ip), "127.0.0.2".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,519 @@
+//! `gateway.yaml` → typed [`Config`] (SPEC 2). Values are validated while they are deserialized,
+//! so every error carries the file, line and column of the offending node.
+
+use crate::diag::{FileError, FileErrors};
+use crate::duration::PromDuration;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.yaml";
+/// Upstream response-header timeout when a backend does not set `timeout`.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself, and the directory relative paths resolve against.
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub server: ServerConfig,
+    pub cluster: String,
+    pub store: StoreConfig,
+    pub backends: Backends,
+    pub lbac: LbacMode,
+    pub client_ip: ClientIpConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// How long in-flight requests may run after SIGTERM before connections are cut.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub policy_files: Vec<PathBuf>,
+    pub data_dir: PathBuf,
+    /// How often policy files are checked for changes.
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendSlot {
+    Metrics,
+    Logs,
+    Traces,
+    Profiles,
+}
+
+impl BackendSlot {
+    pub const ALL: [BackendSlot; 4] =
+        [BackendSlot::Metrics, BackendSlot::Logs, BackendSlot::Traces, BackendSlot::Profiles];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendSlot::Metrics => "metrics",
+            BackendSlot::Logs => "logs",
+            BackendSlot::Traces => "traces",
+            BackendSlot::Profiles => "profiles",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Mimir,
+    Prometheus,
+    Loki,
+    Tempo,
+    Pyroscope,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Mimir => "mimir",
+            BackendKind::Prometheus => "prometheus",
+            BackendKind::Loki => "loki",
+            BackendKind::Tempo => "tempo",
+            BackendKind::Pyroscope => "pyroscope",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub slot: BackendSlot,
+    pub kind: BackendKind,
+    /// Scheme and authority of the upstream; `base_path` is prepended to forwarded paths.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub base_path: String,
+    pub listen: Option<SocketAddr>,
+    pub ca_file: Option<PathBuf>,
+    /// Time allowed for the upstream's response headers (504 past it).
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    pub metrics: Option<Backend>,
+    pub logs: Option<Backend>,
+    pub traces: Option<Backend>,
+    pub profiles: Option<Backend>,
+}
+
+impl Backends {
+    pub fn get(&self, slot: BackendSlot) -> Option<&Backend> {
+        match slot {
+            BackendSlot::Metrics => self.metrics.as_ref(),
+            BackendSlot::Logs => self.logs.as_ref(),
+            BackendSlot::Traces => self.traces.as_ref(),
+            BackendSlot::Profiles => self.profiles.as_ref(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Backend> {
+        BackendSlot::ALL.into_iter().filter_map(|s| self.get(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbacMode {
+    Header,
+    Rewrite,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpConfig {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub capacity: u64,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `obsgate=debug,info`.
+    pub level: String,
+}
+
+// ---------- raw (as written) ----------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    cluster: Option<Spanned<String>>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    backends: RawBackends,
+    #[serde(default)]
+    lbac: RawLbac,
+    #[serde(default)]
+    client_ip: RawClientIp,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<SocketAddr>,
+    tls: Option<RawTls>,
+    shutdown_grace: Option<PromDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default)]
+    policy_files: Vec<String>,
+    data_dir: Option<String>,
+    poll_interval: Option<PromDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackends {
+    metrics: Option<Spanned<RawBackend>>,
+    logs: Option<Spanned<RawBackend>>,
+    traces: Option<Spanned<RawBackend>>,
+    profiles: Option<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    kind: Spanned<BackendKind>,
+    url: Spanned<String>,
+    listen: Option<SocketAddr>,
+    ca_file: Option<String>,
+    timeout: Option<PromDuration>,
+    connect_timeout: Option<PromDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbac {
+    mode: LbacMode,
+}
+
+impl Default for RawLbac {
+    fn default() -> Self {
+        RawLbac { mode: LbacMode::Header }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClientIp {
+    #[serde(default)]
+    trusted_proxies: Vec<Cidr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    capacity: Option<u64>,
+    ttl: Option<PromDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare address (taken as /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<IpNet>() {
+            // `10.1.2.3/8` is almost certainly a mistake for `10.0.0.0/8`; keep the network.
+            return Ok(n.trunc());
+        }
+        if let Ok(a) = s.parse::<std::net::IpAddr>() {
+            return Ok(IpNet::from(a));
+        }
+        Err(format!("invalid CIDR {s:?}: expected an address or address/prefix such as 10.0.0.0/8"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr::parse(&s).map(Cidr).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads and validates a config file. Every error is located `FILE:LINE:COL`.
+pub fn load(path: &Path) -> Result<Config, FileErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| FileError::whole(path, format!("cannot read config: {e}")))?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
+    let raw: RawConfig =
+        serde_saphyr::from_str(text).map_err(|e| FileError::from_yaml(path, &e))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let resolve = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+    };
+    let mut errors = Vec::new();
+
+    let cluster = match raw.cluster {
+        Some(c) => {
+            if !crate::policy::valid_name(&c.value, 1, 64) {
+                errors.push(FileError::at(
+                    path,
+                    &c.referenced,
+                    format!("invalid cluster name {:?}: use 1-64 chars of [a-z0-9_-]", c.value),
+                ));
+            }
+            c.value
+        }
+        None => "local".to_string(),
+    };
+
+    let tls = raw.server.tls.map(|t| TlsConfig {
+        cert_file: resolve(&t.cert_file),
+        key_file: resolve(&t.key_file),
+        client_ca_file: t.client_ca_file.as_deref().map(resolve),
+    });
+    let server = ServerConfig {
+        listen: raw.server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        tls,
+        shutdown_grace: raw.server.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+    };
+
+    let mut backends = Backends::default();
+    let slots = [
+        (BackendSlot::Metrics, raw.backends.metrics, &[BackendKind::Mimir, BackendKind::Prometheus][..]),
+        (BackendSlot::Logs, raw.backends.logs, &[BackendKind::Loki][..]),
+        (BackendSlot::Traces, raw.backends.traces, &[BackendKind::Tempo][..]),
+        (BackendSlot::Profiles, raw.backends.profiles, &[BackendKind::Pyroscope][..]),
+    ];
+    let mut listens: Vec<SocketAddr> = vec![server.listen];
+    for (slot, rb, kinds) in slots {
+        let Some(rb) = rb else { continue };
+        let loc = rb.referenced;
+        let rb = rb.value;
+        if !kinds.contains(&rb.kind.value) {
+            let allowed: Vec<_> = kinds.iter().map(|k| k.as_str()).collect();
+            errors.push(FileError::at(
+                path,
+                &rb.kind.referenced,
+                format!(
+                    "backend {} cannot be of kind {}: expected {}",
+                    slot.as_str(),
+                    rb.kind.value.as_str(),
+                    allowed.join(" or ")
+                ),
+            ));
+            continue;
+        }
+        let (scheme, authority, base_path) = match parse_backend_url(&rb.url.value) {
+            Ok(v) => v,
+            Err(msg) => {
+                errors.push(FileError::at(path, &rb.url.referenced, msg));
+                continue;
+            }
+        };
+        if let Some(l) = rb.listen {
+            if listens.contains(&l) {
+                errors.push(FileError::at(
+                    path,
+                    &loc,
+                    format!("backend {}: listen address {l} is already used by another listener", slot.as_str()),
+                ));
+            }
+            listens.push(l);
+        }
+        let b = Backend {
+            slot,
+            kind: rb.kind.value,
+            scheme,
+            authority,
+            base_path,
+            listen: rb.listen,
+            ca_file: rb.ca_file.as_deref().map(resolve),
+            timeout: rb.timeout.map(|d| d.0).unwrap_or(DEFAULT_BACKEND_TIMEOUT),
+            connect_timeout: rb.connect_timeout.map(|d| d.0).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        };
+        match slot {
+            BackendSlot::Metrics => backends.metrics = Some(b),
+            BackendSlot::Logs => backends.logs = Some(b),
+            BackendSlot::Traces => backends.traces = Some(b),
+            BackendSlot::Profiles => backends.profiles = Some(b),
+        }
+    }
+
+    let cache = CacheConfig {
+        capacity: raw.cache.capacity.unwrap_or(100_000),
+        ttl: raw.cache.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+    };
+    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        errors.push(FileError::whole(path, format!("log.level {level:?} is not a valid log filter")));
+    }
+
+    if !errors.is_empty() {
+        return Err(FileErrors(errors));
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        dir: dir.clone(),
+        server,
+        cluster,
+        store: StoreConfig {
+            policy_files: raw.store.policy_files.iter().map(|p| resolve(p)).collect(),
+            data_dir: resolve(raw.store.data_dir.as_deref().unwrap_or("data")),
+            poll_interval: raw.store.poll_interval.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
+        },
+        backends,
+        lbac: raw.lbac.mode,
+        client_ip: ClientIpConfig { trusted_proxies: raw.client_ip.trusted_proxies.into_iter().map(|c| c.0).collect() },
+        cache,
+        log: LogConfig { level },
+    })
+}
+
+fn parse_backend_url(s: &str) -> Result<(http::uri::Scheme, http::uri::Authority, String), String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("invalid backend url {s:?}: {e}"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| format!("backend url {s:?} needs http:// or https://"))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(format!("backend url {s:?}: scheme must be http or https"));
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| format!("backend url {s:?} has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("backend url {s:?} must not have a query string"));
+    }
+    let base = uri.path().trim_end_matches('/').to_string();
+    Ok((scheme, authority, base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, FileErrors> {
+        parse(Path::new("/etc/obsgate/gateway.yaml"), text)
+    }
+
+    #[test]
+    fn full_example_parses_and_resolves_paths() {
+        let c = p(r#"
+server:
+  listen: "127.0.0.1:9999"
+  tls:
+    cert_file: certs/gw.pem
+    key_file: /abs/key.pem
+cluster: local
+store:
+  policy_files: [policies.yaml]
+  data_dir: data
+backends:
+  metrics:
+    kind: mimir
+    url: "http://127.0.0.1:9009"
+    listen: "127.0.0.1:8081"
+  logs: { kind: loki, url: "http://127.0.0.1:3100/base/" }
+lbac:
+  mode: rewrite
+client_ip:
+  trusted_proxies: ["10.0.0.0/8", "192.168.1.1"]
+cache:
+  capacity: 10
+  ttl: 5m
+"#)
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        let tls = c.server.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/obsgate/certs/gw.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/abs/key.pem"));
+        assert_eq!(c.store.policy_files, vec![PathBuf::from("/etc/obsgate/policies.yaml")]);
+        assert_eq!(c.store.data_dir, PathBuf::from("/etc/obsgate/data"));
+        let m = c.backends.metrics.unwrap();
+        assert_eq!(m.kind, BackendKind::Mimir);
+        assert_eq!(m.listen.unwrap().port(), 8081);
+        assert_eq!(c.backends.logs.unwrap().base_path, "/base");
+        assert_eq!(c.lbac, LbacMode::Rewrite);
+        assert_eq!(c.client_ip.trusted_proxies.len(), 2);
+        assert_eq!(c.cache.ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_is_located_error() {
+        let e = p("server:\n  listen: \"127.0.0.1:1\"\n  lisen: x\n").unwrap_err();
+        assert_eq!(e.0[0].line, 3);
+        assert!(e.0[0].message.contains("unknown field `lisen`"), "{}", e);
+        assert!(e.to_string().starts_with("/etc/obsgate/gateway.yaml:3:"));
+    }
+
+    #[test]
+    fn bad_values_are_located_errors() {
+        let e = p("cache:\n  ttl: 5 minutes\n").unwrap_err();
+        assert_eq!((e.0[0].line, e.0[0].message.contains("invalid duration")), (2, true), "{e}");
+        let e = p("client_ip:\n  trusted_proxies: [\"10.0.0.0/99\"]\n").unwrap_err();
+        assert!(e.0[0].message.contains("invalid CIDR"), "{e}");
+        let e = p("backends:\n  logs: { kind: mimir, url: \"http://x\" }\n").unwrap_err();
+        assert!(e.0[0].message.contains("cannot be of kind mimir"), "{e}");
+        assert_eq!(e.0[0].line, 2);
+        let e = p("backends:\n  metrics:\n    kind: mimir\n    url: \"ftp://x\"\n").unwrap_err();
+        assert_eq!(e.0[0].line, 4, "{e}");
+        let e = p("lbac:\n  mode: sometimes\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
+        let e = p("server:\n  listen: nowhere\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = p("{}").unwrap();
+        assert_eq!(c.cluster, "local");
+        assert_eq!(c.cache.capacity, 100_000);
+        assert_eq!(c.lbac, LbacMode::Header);
+        assert!(c.backends.metrics.is_none());
+    }
+}

@@ -1,0 +1,111 @@
+//! Located diagnostics for config and policy files: `FILE:LINE:COL: message`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem in one file, with a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl FileError {
+    pub fn new(file: &Path, line: u32, column: u32, message: impl Into<String>) -> FileError {
+        FileError { file: file.to_path_buf(), line, column, message: message.into() }
+    }
+
+    /// An error about the file as a whole (unreadable, missing): reported at 1:1.
+    pub fn whole(file: &Path, message: impl Into<String>) -> FileError {
+        FileError::new(file, 1, 1, message)
+    }
+
+    pub fn at(file: &Path, loc: &serde_saphyr::Location, message: impl Into<String>) -> FileError {
+        FileError::new(file, loc.line().max(1) as u32, loc.column().max(1) as u32, message)
+    }
+
+    /// Converts a serde-saphyr error into a located error with the bare message.
+    pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> FileError {
+        let text = err.without_snippet().to_string();
+        let first = text.lines().next().unwrap_or("invalid YAML").trim();
+        let msg = first.strip_prefix("error: ").unwrap_or(first);
+        let msg = strip_position_prefix(msg);
+        match err.location() {
+            Some(loc) => FileError::at(file, &loc, msg),
+            None => FileError::whole(file, msg),
+        }
+    }
+}
+
+/// `line 5 column 10: bad value` → `bad value`.
+fn strip_position_prefix(msg: &str) -> &str {
+    if let Some(rest) = msg.strip_prefix("line ") {
+        if let Some(idx) = rest.find(": ") {
+            let head = &rest[..idx];
+            if head.split(" column ").all(|p| p.chars().all(|c| c.is_ascii_digit())) {
+                return &rest[idx + 2..];
+            }
+        }
+    }
+    msg
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Several located errors (a file can have many semantic problems at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileErrors(pub Vec<FileError>);
+
+impl fmt::Display for FileErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FileErrors {}
+
+impl From<FileError> for FileErrors {
+    fn from(e: FileError) -> Self {
+        FileErrors(vec![e])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_position_prefix_only_when_numeric() {
+        assert_eq!(strip_position_prefix("line 5 column 10: bad"), "bad");
+        assert_eq!(strip_position_prefix("line of text: x"), "line of text: x");
+        assert_eq!(strip_position_prefix("plain"), "plain");
+    }
+
+    #[test]
+    fn yaml_error_is_located_with_bare_message() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            a: u32,
+        }
+        let err = serde_saphyr::from_str::<T>("a: 1\nb: 2\n").unwrap_err();
+        let fe = FileError::from_yaml(Path::new("x.yaml"), &err);
+        assert_eq!(fe.line, 2);
+        assert_eq!(fe.column, 1);
+        assert!(fe.message.starts_with("unknown field `b`"), "{}", fe.message);
+        assert!(fe.to_string().starts_with("x.yaml:2:1: unknown field"));
+    }
+}

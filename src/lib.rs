@@ -1,0 +1,15 @@
+//! obsgate: an authenticating reverse proxy for Grafana Mimir, Loki, Tempo and Pyroscope.
+//!
+//! A request travels front to back through: route match → credentials → token shape → store
+//! lookup (cached) → [`policy::decide`] → label-policy headers → forward. See `DESIGN.md`.
+
+pub mod auth;
+pub mod config;
+pub mod diag;
+pub mod duration;
+pub mod policy;
+pub mod route;
+pub mod selector;
+pub mod store;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,303 @@
+//! The policy store: an immutable [`Snapshot`] swapped atomically (no lock on the request
+//! path) and a bounded cache of resolved tokens that never outlives the snapshot it came from.
+
+pub mod load;
+pub mod watch;
+
+use crate::policy::{default_tenant, AccessPolicy, Identity, Realm, RealmTarget, ScopeSet, ServiceAccount, Status, Tenant};
+use crate::telemetry::Metrics;
+use crate::token::TokenHash;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use load::Counts;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenOwner {
+    Policy(String),
+    ServiceAccount(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub name: String,
+    pub owner: TokenOwner,
+    pub status: Status,
+    /// Unix seconds; `None` = never.
+    pub expires_at: Option<i64>,
+    pub hash: TokenHash,
+}
+
+/// One consistent, validated policy set. Never mutated after it is built.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub cluster: String,
+    pub clusters: Vec<String>,
+    pub tenants: HashMap<String, Tenant>,
+    pub policies: HashMap<String, Arc<AccessPolicy>>,
+    pub service_accounts: HashMap<String, ServiceAccount>,
+    /// Sorted by hash: lookup is a binary search on the prefix, then a constant-time compare.
+    tokens: Vec<TokenRecord>,
+}
+
+impl Snapshot {
+    pub fn new(
+        cluster: String,
+        clusters: Vec<String>,
+        tenants: HashMap<String, Tenant>,
+        policies: HashMap<String, Arc<AccessPolicy>>,
+        service_accounts: HashMap<String, ServiceAccount>,
+        mut tokens: Vec<TokenRecord>,
+    ) -> Snapshot {
+        tokens.sort_unstable_by(|a, b| a.hash.0.cmp(&b.hash.0));
+        Snapshot { generation: 0, cluster, clusters, tenants, policies, service_accounts, tokens }
+    }
+
+    /// An empty set for `cluster` (what runs before the first successful load).
+    pub fn empty(cluster: &str) -> Snapshot {
+        Snapshot::new(
+            cluster.to_string(),
+            vec![cluster.to_string()],
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            Vec::new(),
+        )
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            clusters: self.clusters.len(),
+            tenants: self.tenants.len(),
+            access_policies: self.policies.len(),
+            service_accounts: self.service_accounts.len(),
+            tokens: self.tokens.len(),
+        }
+    }
+
+    pub fn tokens(&self) -> &[TokenRecord] {
+        &self.tokens
+    }
+
+    /// Finds the token whose stored hash equals `h`. The index narrows candidates by prefix;
+    /// the final equality is constant-time.
+    pub fn lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
+        let p = h.prefix();
+        let start = self.tokens.partition_point(|t| t.hash.prefix_be() < h.prefix_be());
+        self.tokens[start..]
+            .iter()
+            .take_while(|t| t.hash.prefix() == p)
+            .find(|t| t.hash.ct_eq(h))
+    }
+
+    /// Flattens a token, its policy or service account into what `decide` needs.
+    pub fn resolve(&self, rec: &TokenRecord) -> Identity {
+        let mut active = rec.status == Status::Active;
+        let (policy_name, scopes, realms, subnets): (String, ScopeSet, Arc<[Realm]>, Arc<[ipnet::IpNet]>) =
+            match &rec.owner {
+                TokenOwner::Policy(name) => match self.policies.get(name) {
+                    Some(p) => {
+                        active &= p.status == Status::Active;
+                        (p.name.clone(), p.scopes, p.realms.clone(), p.allowed_subnets.clone())
+                    }
+                    None => (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new())),
+                },
+                TokenOwner::ServiceAccount(name) => match self.service_accounts.get(name) {
+                    Some(sa) => {
+                        active &= !sa.disabled;
+                        match sa.access_policy.as_ref().and_then(|p| self.policies.get(p)) {
+                            Some(p) => {
+                                active &= p.status == Status::Active;
+                                (p.name.clone(), p.scopes, p.realms.clone(), p.allowed_subnets.clone())
+                            }
+                            None if sa.access_policy.is_some() => {
+                                active = false;
+                                (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new()))
+                            }
+                            None => (
+                                format!("serviceaccount:{}", sa.name),
+                                ScopeSet::for_role(sa.role),
+                                Arc::from(vec![Realm {
+                                    target: RealmTarget::Org(sa.org.clone()),
+                                    cluster: self.cluster.clone(),
+                                    label_policies: Vec::new(),
+                                }]),
+                                Arc::from(Vec::new()),
+                            ),
+                        }
+                    }
+                    None => {
+                        active = false;
+                        (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new()))
+                    }
+                },
+            };
+        let default_tenant = default_tenant(&realms, self.tenants.values(), &self.cluster);
+        Identity {
+            token_name: rec.name.clone(),
+            policy_name,
+            active,
+            expires_at: rec.expires_at,
+            scopes,
+            realms,
+            allowed_subnets: subnets,
+            default_tenant,
+            generation: self.generation,
+        }
+    }
+}
+
+impl TokenHash {
+    /// Big-endian prefix: orders like the byte array, which is how tokens are sorted.
+    fn prefix_be(&self) -> u64 {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(p)
+    }
+}
+
+/// The live store: current snapshot plus the resolved-token cache.
+pub struct Store {
+    snapshot: ArcSwap<Snapshot>,
+    cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    next_generation: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Store {
+    pub fn new(initial: Snapshot, capacity: u64, ttl: std::time::Duration, metrics: Arc<Metrics>) -> Store {
+        let store = Store {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty(&initial.cluster)),
+            cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            next_generation: AtomicU64::new(1),
+            metrics,
+        };
+        store.install(initial);
+        store
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// Puts a new snapshot in force. Cached identities from older generations stop being
+    /// served at once (each hit is checked against the generation), and are dropped.
+    pub fn install(&self, mut snap: Snapshot) {
+        snap.generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
+        let c = snap.counts();
+        let m = &self.metrics;
+        m.store_objects.with_label_values(&["clusters"]).set(c.clusters as i64);
+        m.store_objects.with_label_values(&["tenants"]).set(c.tenants as i64);
+        m.store_objects.with_label_values(&["access_policies"]).set(c.access_policies as i64);
+        m.store_objects.with_label_values(&["service_accounts"]).set(c.service_accounts as i64);
+        m.store_objects.with_label_values(&["tokens"]).set(c.tokens as i64);
+        m.store_generation.set(snap.generation as i64);
+        self.snapshot.store(Arc::new(snap));
+        self.cache.invalidate_all();
+    }
+
+    /// Resolves a token hash against the snapshot in force, through the cache.
+    /// Unknown tokens are never cached, so they cannot grow it.
+    pub fn identify(&self, snap: &Snapshot, h: &TokenHash) -> Option<Arc<Identity>> {
+        if let Some(id) = self.cache.get(&h.0) {
+            if id.generation == snap.generation {
+                self.metrics.cache_hits.inc();
+                return Some(id);
+            }
+        }
+        self.metrics.cache_misses.inc();
+        let rec = snap.lookup(h)?;
+        let id = Arc::new(snap.resolve(rec));
+        self.cache.insert(h.0, id.clone());
+        Some(id)
+    }
+
+    pub fn cache_len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn snap(text: &str) -> Snapshot {
+        load::load_texts(&[(Path::new("p.yaml"), text)], "local").unwrap()
+    }
+
+    fn policy_text(status: &str, hashes: &[&str]) -> String {
+        let mut s = format!(
+            "tenants:\n  - name: team-a\naccess_policies:\n  - name: pol\n    status: {status}\n    scopes: [metrics:read]\n    realms:\n      - tenant: team-a\ntokens:\n"
+        );
+        for (i, t) in hashes.iter().enumerate() {
+            s += &format!("  - name: t{i}\n    access_policy: pol\n    hash: \"{}\"\n", TokenHash::of(t).stored());
+        }
+        s
+    }
+
+    #[test]
+    fn lookup_finds_every_token_among_many() {
+        let toks: Vec<String> = (0..500).map(|i| format!("glc_token{i}")).collect();
+        let refs: Vec<&str> = toks.iter().map(String::as_str).collect();
+        let s = snap(&policy_text("active", &refs));
+        for (i, t) in toks.iter().enumerate() {
+            assert_eq!(s.lookup(&TokenHash::of(t)).unwrap().name, format!("t{i}"));
+        }
+        assert!(s.lookup(&TokenHash::of("glc_nope")).is_none());
+    }
+
+    #[test]
+    fn swap_revokes_cached_identity_immediately() {
+        let m = Arc::new(Metrics::new());
+        let store = Store::new(snap(&policy_text("active", &["glc_a"])), 100, Duration::from_secs(600), m.clone());
+        let h = TokenHash::of("glc_a");
+        let s1 = store.snapshot();
+        assert!(store.identify(&s1, &h).unwrap().active);
+        assert!(store.identify(&s1, &h).unwrap().active);
+        assert_eq!(m.cache_hits.get(), 1);
+        // policy made inactive
+        store.install(snap(&policy_text("inactive", &["glc_a"])));
+        let s2 = store.snapshot();
+        assert!(!store.identify(&s2, &h).unwrap().active);
+        // token removed
+        store.install(snap(&policy_text("active", &[])));
+        let s3 = store.snapshot();
+        assert!(store.identify(&s3, &h).is_none());
+    }
+
+    #[test]
+    fn unknown_tokens_do_not_grow_the_cache() {
+        let m = Arc::new(Metrics::new());
+        let store = Store::new(snap(&policy_text("active", &["glc_a"])), 100, Duration::from_secs(600), m);
+        let s = store.snapshot();
+        for i in 0..1000 {
+            assert!(store.identify(&s, &TokenHash::of(&format!("glc_x{i}"))).is_none());
+        }
+        assert_eq!(store.cache_len(), 0);
+    }
+
+    #[test]
+    fn service_account_resolution() {
+        let text = format!(
+            "tenants:\n  - name: team-a\n    org: \"7\"\naccess_policies:\n  - name: pol\n    scopes: [logs:read]\n    realms: [{{tenant: team-a}}]\nservice_accounts:\n  - name: viewer\n    role: Viewer\n    org: \"7\"\n  - name: off\n    role: Admin\n    org: \"7\"\n    disabled: true\n  - name: bound\n    role: Admin\n    access_policy: pol\ntokens:\n  - name: a\n    service_account: viewer\n    hash: \"{}\"\n  - name: b\n    service_account: off\n    hash: \"{}\"\n  - name: c\n    service_account: bound\n    hash: \"{}\"\n",
+            TokenHash::of("glsa_a").stored(),
+            TokenHash::of("glsa_b").stored(),
+            TokenHash::of("glsa_c").stored()
+        );
+        let s = snap(&text);
+        let a = s.resolve(s.lookup(&TokenHash::of("glsa_a")).unwrap());
+        assert!(a.active && a.scopes.contains(crate::policy::Scope::MetricsRead));
+        assert_eq!(a.default_tenant.as_deref(), Some("team-a"));
+        let b = s.resolve(s.lookup(&TokenHash::of("glsa_b")).unwrap());
+        assert!(!b.active, "disabled service account");
+        let c = s.resolve(s.lookup(&TokenHash::of("glsa_c")).unwrap());
+        assert_eq!(c.policy_name, "pol");
+        assert!(c.scopes.contains(crate::policy::Scope::LogsRead) && !c.scopes.contains(crate::policy::Scope::Admin));
+    }
+}
