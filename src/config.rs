@@ -361,7 +361,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             }
         };
         if let Some(l) = rb.listen {
-            if listens.contains(&l) {
+            if l.port() != 0 && listens.contains(&l) {
                 errors.push(FileError::at(
                     path,
                     &loc,

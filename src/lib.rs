@@ -13,3 +13,4 @@ pub mod selector;
 pub mod store;
 pub mod telemetry;
 pub mod token;
+pub mod proxy;

@@ -1,0 +1,185 @@
+//! Header hygiene (SPEC 6): hop-by-hop headers (RFC 9110 §7.6.1, and every header the
+//! `Connection` header names) are removed in both directions; the client's credentials,
+//! tenant and label-policy headers never reach the backend.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Hop-by-hop headers that are always removed.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers only the gateway may set.
+const GATEWAY_OWNED: &[&str] = &["authorization", "x-scope-orgid", "x-prom-label-policy"];
+
+fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// A WebSocket-style upgrade: `Connection: upgrade` with an `Upgrade` header.
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE) && connection_tokens(h).iter().any(|t| t == "upgrade")
+}
+
+pub fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    for name in connection_tokens(h) {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(*name);
+    }
+}
+
+/// Cleans the forwarded request. For an upgrade, `Connection: upgrade` and `Upgrade` are kept
+/// (they are the request's point); for gRPC, `TE: trailers` is kept (HTTP/2 needs it).
+pub fn clean_request(h: &mut HeaderMap, upgrade: bool, grpc: bool) {
+    let upgrade_value = if upgrade { h.get(header::UPGRADE).cloned() } else { None };
+    let te_trailers = grpc
+        && h.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
+    strip_hop_by_hop(h);
+    for name in GATEWAY_OWNED {
+        h.remove(*name);
+    }
+    if let Some(u) = upgrade_value {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Cleans the backend's response. A 101 keeps `Connection`/`Upgrade` for the client.
+pub fn clean_response(h: &mut HeaderMap, switching: bool) {
+    let upgrade_value = if switching { h.get(header::UPGRADE).cloned() } else { None };
+    strip_hop_by_hop(h);
+    if let Some(u) = upgrade_value {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
+}
+
+/// Appends the connecting peer's address to `X-Forwarded-For`, folding earlier values into one
+/// header, as nginx's `$proxy_add_x_forwarded_for` does.
+pub fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+    let ip = crate::auth::canonical(ip);
+    let prior: Vec<String> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let value = if prior.is_empty() { ip.to_string() } else { format!("{}, {ip}", prior.join(", ")) };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert("x-forwarded-for", v);
+    }
+}
+
+/// Whether an upstream error was a timeout (connect timeout included).
+pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if err.to_string().contains("timed out") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// `outer: inner: innermost` for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn request_loses_hop_by_hop_named_and_gateway_owned_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("trailer", "x"),
+            ("proxy-authorization", "Basic x"),
+            ("authorization", "Bearer glc_x"),
+            ("x-scope-orgid", "evil"),
+            ("x-prom-label-policy", "team-a:%7B%7D"),
+            ("content-type", "application/x-protobuf"),
+            ("x-custom", "kept"),
+        ]);
+        clean_request(&mut h, false, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", "x-custom"]);
+    }
+
+    #[test]
+    fn upgrade_and_grpc_keep_what_they_need() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("authorization", "x")]);
+        assert!(is_upgrade(&h));
+        clean_request(&mut h, true, false);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("authorization").is_none());
+        let mut g = map(&[("te", "trailers"), ("content-type", "application/grpc+proto")]);
+        assert!(is_grpc(&g));
+        clean_request(&mut g, false, true);
+        assert_eq!(g.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        let mut e = HeaderMap::new();
+        append_forwarded_for(&mut e, "::ffff:10.0.0.1".parse().unwrap());
+        assert_eq!(e.get("x-forwarded-for").unwrap(), "10.0.0.1");
+    }
+}

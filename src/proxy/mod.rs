@@ -1,0 +1,407 @@
+//! The request pipeline: one pass, front to back.
+//!
+//! route → credentials → token shape → store (cached) → `policy::decide` → label-policy
+//! headers → header hygiene → forward (streaming, upgrades, trailers) → metrics and audit.
+
+pub mod client;
+pub mod headers;
+pub mod server;
+pub mod tls;
+
+use crate::auth;
+use crate::config::{BackendSlot, Config, LbacMode};
+use crate::policy::{self, RequestFacts};
+use crate::route::{self, RouteMatch};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::token::{self, TokenHash};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// One body type for everything the gateway sends and receives: streams pass through boxed.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn incoming(b: Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    upstreams: [Option<client::Upstream>; 4],
+    pub ready: AtomicBool,
+}
+
+fn slot_index(s: BackendSlot) -> usize {
+    match s {
+        BackendSlot::Metrics => 0,
+        BackendSlot::Logs => 1,
+        BackendSlot::Traces => 2,
+        BackendSlot::Profiles => 3,
+    }
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Gateway, String> {
+        let mut upstreams: [Option<client::Upstream>; 4] = [None, None, None, None];
+        for b in config.backends.iter() {
+            upstreams[slot_index(b.slot)] = Some(client::Upstream::new(b)?);
+        }
+        Ok(Gateway { config, store, metrics, upstreams, ready: AtomicBool::new(false) })
+    }
+
+    fn upstream(&self, s: BackendSlot) -> Option<&client::Upstream> {
+        self.upstreams[slot_index(s)].as_ref()
+    }
+}
+
+/// What went wrong, mapped to a status code in one place.
+#[derive(Debug)]
+pub enum Failure {
+    NotFound(String),
+    Unauthorized { reason: &'static str, message: String },
+    Forbidden { reason: &'static str, message: String },
+    BadRequest(String),
+    BadGateway(String),
+    GatewayTimeout(String),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NotFound(_) => StatusCode::NOT_FOUND,
+            Failure::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Failure::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Failure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            Failure::NotFound(_) => "not_found",
+            Failure::Unauthorized { .. } => "unauthorized",
+            Failure::Forbidden { .. } => "forbidden",
+            Failure::BadRequest(_) => "bad_data",
+            Failure::BadGateway(_) => "unavailable",
+            Failure::GatewayTimeout(_) => "timeout",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::NotFound(m) | Failure::BadRequest(m) | Failure::BadGateway(m) | Failure::GatewayTimeout(m) => m,
+            Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
+        }
+    }
+
+    /// Prometheus-API-style JSON error; 401s carry `WWW-Authenticate`.
+    pub fn into_response(self) -> Response<Body> {
+        error_response(self.status(), self.error_type(), self.message())
+    }
+}
+
+pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message}).to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"obsgate\""));
+    }
+    r
+}
+
+/// Who asked, for the audit line of a denied request. Never the token.
+#[derive(Default)]
+struct AuditCtx {
+    client_ip: Option<IpAddr>,
+    token: Option<String>,
+    policy: Option<String>,
+    tenant: Option<String>,
+}
+
+/// Entry point for every request on every listener.
+pub async fn handle(gw: Arc<Gateway>, only: Option<BackendSlot>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    if let Some(r) = own_endpoint(&gw, &req) {
+        return r;
+    }
+    gw.metrics.inflight.inc();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (slot_label, route_label, resp) = match route::match_route(&gw.config.backends, only, &method, &path) {
+        None => {
+            let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
+            ("none", "unmatched", r)
+        }
+        Some(route) => {
+            let slot = route.slot;
+            let name = route.name;
+            let mut audit = AuditCtx::default();
+            let r = match authorize_and_forward(&gw, route, peer, req, &mut audit, start).await {
+                Ok(r) => r,
+                Err(f) => {
+                    log_denial(&gw, &f, peer, name, &audit);
+                    f.into_response()
+                }
+            };
+            (slot.as_str(), name, r)
+        }
+    };
+    let code = resp.status();
+    gw.metrics.requests.with_label_values(&[slot_label, route_label, code.as_str()]).inc();
+    gw.metrics.request_duration.with_label_values(&[slot_label]).observe(start.elapsed().as_secs_f64());
+    gw.metrics.inflight.dec();
+    resp
+}
+
+fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &AuditCtx) {
+    let (reason, status) = match f {
+        Failure::Unauthorized { reason, .. } => (*reason, 401),
+        Failure::Forbidden { reason, .. } => (*reason, 403),
+        Failure::BadRequest(_) => ("bad_request", 400),
+        // upstream failures are not authorization decisions
+        _ => return,
+    };
+    gw.metrics.auth_decisions.with_label_values(&["deny", reason]).inc();
+    tracing::info!(
+        target: "obsgate::audit",
+        token = a.token.as_deref().unwrap_or("-"),
+        policy = a.policy.as_deref().unwrap_or("-"),
+        tenant = a.tenant.as_deref().unwrap_or("-"),
+        client_ip = %a.client_ip.unwrap_or_else(|| auth::canonical(peer.ip())),
+        route,
+        status,
+        reason,
+        message = f.message(),
+        "request denied"
+    );
+}
+
+fn own_endpoint(gw: &Gateway, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r
+    };
+    match req.uri().path() {
+        "/live" => Some(text(StatusCode::OK, "live\n")),
+        "/ready" => Some(if gw.ready.load(Ordering::Acquire) {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        }),
+        "/metrics" => {
+            let mut r = Response::new(full(gw.metrics.render()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn unauthorized(reason: &'static str, message: impl Into<String>) -> Failure {
+    Failure::Unauthorized { reason, message: message.into() }
+}
+
+async fn authorize_and_forward(
+    gw: &Gateway,
+    route: RouteMatch<'_>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    audit: &mut AuditCtx,
+    start: Instant,
+) -> Result<Response<Body>, Failure> {
+    let client_ip: IpAddr = auth::client_ip(peer.ip(), req.headers(), &gw.config.client_ip.trusted_proxies);
+    audit.client_ip = Some(client_ip);
+    let allow = {
+        let creds = auth::credentials(req.headers()).map_err(|e| unauthorized(e.reason(), e.to_string()))?;
+        token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
+        let hash = TokenHash::of(&creds.token);
+        let snap = gw.store.snapshot();
+        let id = gw
+            .store
+            .identify(&snap, &hash)
+            .ok_or_else(|| unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE))?;
+        audit.token = Some(id.token_name.clone());
+        audit.policy = Some(id.policy_name.clone());
+        let org_hdr = req.headers().get("x-scope-orgid").and_then(|v| v.to_str().ok());
+        let facts = RequestFacts {
+            scope: route.scope,
+            label_policies_apply: route.label_policies,
+            client_ip,
+            tenant_from_credentials: creds.tenant.as_deref(),
+            org_id_header: org_hdr,
+            now_unix: now_unix(),
+        };
+        audit.tenant = creds.tenant.as_deref().or(org_hdr).or(id.default_tenant.as_deref()).map(str::to_string);
+        match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
+            Ok(a) => a,
+            Err(d) if d.status() == 401 => return Err(unauthorized(d.reason.as_str(), d.message)),
+            Err(d) => return Err(Failure::Forbidden { reason: d.reason.as_str(), message: d.message }),
+        }
+    };
+    audit.tenant = Some(allow.org_id.clone());
+
+    let mut label_values: Vec<HeaderValue> = Vec::new();
+    if !allow.label_policies.is_empty() {
+        match gw.config.lbac {
+            // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every
+            // series through. Refuse instead (fail closed).
+            LbacMode::Header if up_kind(gw, route.slot) == Some(crate::config::BackendKind::Prometheus) => {
+                return Err(Failure::Forbidden {
+                    reason: "label_policy",
+                    message: "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control".into(),
+                });
+            }
+            LbacMode::Header => {
+                for (tenant, selectors) in &allow.label_policies {
+                    for s in selectors {
+                        let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
+                        // path_escape output is ASCII without control characters
+                        label_values.push(HeaderValue::from_str(&v).map_err(|_| {
+                            Failure::Forbidden { reason: "label_policy", message: "label policy cannot be encoded".into() }
+                        })?);
+                    }
+                }
+            }
+            LbacMode::Rewrite => {
+                return Err(Failure::Forbidden {
+                    reason: "label_policy",
+                    message: "this token is restricted by label policies, which lbac.mode rewrite cannot enforce yet; use lbac.mode: header with a backend that reads X-Prom-Label-Policy".into(),
+                });
+            }
+        }
+    }
+    gw.metrics.auth_decisions.with_label_values(&["allow", "ok"]).inc();
+    let upstream = gw
+        .upstream(route.slot)
+        .ok_or_else(|| Failure::NotFound(format!("backend {} is not configured", route.slot.as_str())))?;
+    forward(gw, upstream, &route, peer, req, &allow.org_id, label_values, start).await
+}
+
+fn up_kind(gw: &Gateway, slot: BackendSlot) -> Option<crate::config::BackendKind> {
+    gw.upstream(slot).map(|u| u.backend.kind)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    gw: &Gateway,
+    up: &client::Upstream,
+    route: &RouteMatch<'_>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    org_id: &str,
+    label_values: Vec<HeaderValue>,
+    start: Instant,
+) -> Result<Response<Body>, Failure> {
+    let b = &up.backend;
+    let backend = b.slot.as_str();
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
+
+    let pq = match req.uri().query() {
+        Some(q) => format!("{}{}?{q}", b.base_path, route.upstream_path),
+        None => format!("{}{}", b.base_path, route.upstream_path),
+    };
+    let uri = http::Uri::builder()
+        .scheme(b.scheme.clone())
+        .authority(b.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Failure::BadRequest("request path cannot be forwarded".into()))?;
+
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = if grpc { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    headers::clean_request(&mut parts.headers, upgrade, grpc);
+    if grpc {
+        // HTTP/2 carries the authority in the URI; a Host header would conflict with it
+        parts.headers.remove(http::header::HOST);
+    }
+    let org = HeaderValue::from_str(org_id).map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
+    parts.headers.insert("x-scope-orgid", org);
+    for v in label_values {
+        parts.headers.append("x-prom-label-policy", v);
+    }
+    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    let out = Request::from_parts(parts, incoming(body));
+
+    let client = if grpc { &up.http2 } else { &up.http1 };
+    let t0 = Instant::now();
+    let result = tokio::time::timeout(b.timeout, client.request(out)).await;
+    gw.metrics.upstream_duration.with_label_values(&[backend]).observe(t0.elapsed().as_secs_f64());
+    let mut resp = match result {
+        Err(_) => {
+            gw.metrics.upstream_errors.with_label_values(&[backend, "timeout"]).inc();
+            tracing::warn!(backend, route = route.name, timeout = ?b.timeout, "upstream timed out");
+            return Err(Failure::GatewayTimeout(format!("backend {backend} did not answer within {:?}", b.timeout)));
+        }
+        Ok(Err(e)) => {
+            let timed_out = headers::is_timeout(&e);
+            let kind = if timed_out { "timeout" } else if e.is_connect() { "connect" } else { "other" };
+            gw.metrics.upstream_errors.with_label_values(&[backend, kind]).inc();
+            tracing::warn!(backend, route = route.name, kind, error = %headers::error_chain(&e), "upstream request failed");
+            return Err(if timed_out {
+                Failure::GatewayTimeout(format!("backend {backend} timed out"))
+            } else if e.is_connect() {
+                Failure::BadGateway(format!("backend {backend} is unreachable"))
+            } else {
+                Failure::BadGateway(format!("backend {backend} failed to answer"))
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    tracing::debug!(backend, route = route.name, status = resp.status().as_u16(), elapsed = ?start.elapsed(), "forwarded");
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_up) = client_upgrade {
+            let upstream_up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_up, upstream_up) {
+                    Ok((c, u)) => {
+                        let mut c = hyper_util::rt::TokioIo::new(c);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+        }
+        let (mut parts, _) = resp.into_parts();
+        headers::clean_response(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, full(Bytes::new())));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::clean_response(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, incoming(body)))
+}

@@ -1,0 +1,72 @@
+//! TLS material: the gateway's server config (ALPN h2 + http/1.1, optional client-certificate
+//! verification) and upstream client configs (system roots plus a backend's `ca_file`).
+
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: cannot read certificates: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: invalid PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
+    for c in read_certs(path)? {
+        roots.add(c).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn server_config(cfg: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = read_certs(&cfg.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key_file)
+        .map_err(|e| format!("{}: cannot read private key: {e}", cfg.key_file.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots_from(ca, &mut roots)?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("{}: client CA: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: certificate and key do not fit: {e}", cfg.cert_file.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        // a broken system certificate is skipped, as browsers and curl do
+        let _ = roots.add(c);
+    }
+    if let Some(ca) = ca_file {
+        roots_from(ca, &mut roots)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
