@@ -164,22 +164,23 @@ pub struct LogConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    // Sections are optional and may be left empty (`backends:` with nothing under it).
     #[serde(default)]
-    server: RawServer,
+    server: Option<RawServer>,
     #[serde(default)]
     cluster: Option<Spanned<String>>,
     #[serde(default)]
-    store: RawStore,
+    store: Option<RawStore>,
     #[serde(default)]
-    backends: RawBackends,
+    backends: Option<RawBackends>,
     #[serde(default)]
-    lbac: RawLbac,
+    lbac: Option<RawLbac>,
     #[serde(default)]
-    client_ip: RawClientIp,
+    client_ip: Option<RawClientIp>,
     #[serde(default)]
-    cache: RawCache,
+    cache: Option<RawCache>,
     #[serde(default)]
-    log: RawLog,
+    log: Option<RawLog>,
 }
 
 #[derive(Deserialize, Default)]
@@ -202,7 +203,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     #[serde(default)]
-    policy_files: Vec<String>,
+    policy_files: Option<Vec<String>>,
     data_dir: Option<String>,
     poll_interval: Option<PromDuration>,
 }
@@ -243,7 +244,7 @@ impl Default for RawLbac {
 #[serde(deny_unknown_fields)]
 struct RawClientIp {
     #[serde(default)]
-    trusted_proxies: Vec<Cidr>,
+    trusted_proxies: Option<Vec<Cidr>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -292,8 +293,20 @@ pub fn load(path: &Path) -> Result<Config, FileErrors> {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
-    let raw: RawConfig =
-        serde_saphyr::from_str(text).map_err(|e| FileError::from_yaml(path, &e))?;
+    let raw: RawConfig = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        serde_saphyr::from_str("{}")
+    } else {
+        serde_saphyr::from_str(text)
+    }
+    .map_err(|e| FileError::from_yaml(path, &e))?;
+    let (raw_server, raw_store, raw_backends) =
+        (raw.server.unwrap_or_default(), raw.store.unwrap_or_default(), raw.backends.unwrap_or_default());
+    let (raw_lbac, raw_client_ip, raw_cache, raw_log) = (
+        raw.lbac.unwrap_or_default(),
+        raw.client_ip.unwrap_or_default(),
+        raw.cache.unwrap_or_default(),
+        raw.log.unwrap_or_default(),
+    );
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     let resolve = |p: &str| -> PathBuf {
@@ -316,23 +329,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         None => "local".to_string(),
     };
 
-    let tls = raw.server.tls.map(|t| TlsConfig {
+    let tls = raw_server.tls.map(|t| TlsConfig {
         cert_file: resolve(&t.cert_file),
         key_file: resolve(&t.key_file),
         client_ca_file: t.client_ca_file.as_deref().map(resolve),
     });
     let server = ServerConfig {
-        listen: raw.server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        listen: raw_server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         tls,
-        shutdown_grace: raw.server.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        shutdown_grace: raw_server.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
     };
 
     let mut backends = Backends::default();
     let slots = [
-        (BackendSlot::Metrics, raw.backends.metrics, &[BackendKind::Mimir, BackendKind::Prometheus][..]),
-        (BackendSlot::Logs, raw.backends.logs, &[BackendKind::Loki][..]),
-        (BackendSlot::Traces, raw.backends.traces, &[BackendKind::Tempo][..]),
-        (BackendSlot::Profiles, raw.backends.profiles, &[BackendKind::Pyroscope][..]),
+        (BackendSlot::Metrics, raw_backends.metrics, &[BackendKind::Mimir, BackendKind::Prometheus][..]),
+        (BackendSlot::Logs, raw_backends.logs, &[BackendKind::Loki][..]),
+        (BackendSlot::Traces, raw_backends.traces, &[BackendKind::Tempo][..]),
+        (BackendSlot::Profiles, raw_backends.profiles, &[BackendKind::Pyroscope][..]),
     ];
     let mut listens: Vec<SocketAddr> = vec![server.listen];
     for (slot, rb, kinds) in slots {
@@ -390,10 +403,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
     }
 
     let cache = CacheConfig {
-        capacity: raw.cache.capacity.unwrap_or(100_000),
-        ttl: raw.cache.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+        capacity: raw_cache.capacity.unwrap_or(100_000),
+        ttl: raw_cache.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
     };
-    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         errors.push(FileError::whole(path, format!("log.level {level:?} is not a valid log filter")));
     }
@@ -407,13 +420,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         server,
         cluster,
         store: StoreConfig {
-            policy_files: raw.store.policy_files.iter().map(|p| resolve(p)).collect(),
-            data_dir: resolve(raw.store.data_dir.as_deref().unwrap_or("data")),
-            poll_interval: raw.store.poll_interval.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
+            policy_files: raw_store.policy_files.unwrap_or_default().iter().map(|p| resolve(p)).collect(),
+            data_dir: resolve(raw_store.data_dir.as_deref().unwrap_or("data")),
+            poll_interval: raw_store.poll_interval.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
         },
         backends,
-        lbac: raw.lbac.mode,
-        client_ip: ClientIpConfig { trusted_proxies: raw.client_ip.trusted_proxies.into_iter().map(|c| c.0).collect() },
+        lbac: raw_lbac.mode,
+        client_ip: ClientIpConfig { trusted_proxies: raw_client_ip.trusted_proxies.unwrap_or_default().into_iter().map(|c| c.0).collect() },
         cache,
         log: LogConfig { level },
     })
@@ -506,6 +519,13 @@ cache:
         assert_eq!(e.0[0].line, 2, "{e}");
         let e = p("server:\n  listen: nowhere\n").unwrap_err();
         assert_eq!(e.0[0].line, 2, "{e}");
+    }
+
+    #[test]
+    fn empty_sections_and_empty_file_mean_defaults() {
+        let c = p("server:\nbackends:\nstore:\n  policy_files:\nclient_ip:\n").unwrap();
+        assert!(c.backends.metrics.is_none() && c.store.policy_files.is_empty());
+        assert_eq!(p("# nothing\n").unwrap().cluster, "local");
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl FileError {
         let first = text.lines().next().unwrap_or("invalid YAML").trim();
         let msg = first.strip_prefix("error: ").unwrap_or(first);
         let msg = strip_position_prefix(msg);
+        let msg = strip_position_suffix(msg);
         match err.location() {
             Some(loc) => FileError::at(file, &loc, msg),
             None => FileError::whole(file, msg),
@@ -46,6 +47,19 @@ fn strip_position_prefix(msg: &str) -> &str {
             let head = &rest[..idx];
             if head.split(" column ").all(|p| p.chars().all(|c| c.is_ascii_digit())) {
                 return &rest[idx + 2..];
+            }
+        }
+    }
+    msg
+}
+
+/// `expected x at line 8, column 9` → `expected x` (the position is reported already).
+fn strip_position_suffix(msg: &str) -> &str {
+    if let Some(idx) = msg.rfind(" at line ") {
+        let tail = &msg[idx + " at line ".len()..];
+        if let Some((l, c)) = tail.split_once(", column ") {
+            if l.chars().all(|ch| ch.is_ascii_digit()) && c.chars().all(|ch| ch.is_ascii_digit()) {
+                return &msg[..idx];
             }
         }
     }
@@ -91,6 +105,8 @@ mod tests {
         assert_eq!(strip_position_prefix("line 5 column 10: bad"), "bad");
         assert_eq!(strip_position_prefix("line of text: x"), "line of text: x");
         assert_eq!(strip_position_prefix("plain"), "plain");
+        assert_eq!(strip_position_suffix("expected mapping at line 8, column 9"), "expected mapping");
+        assert_eq!(strip_position_suffix("a at line of b"), "a at line of b");
     }
 
     #[test]
