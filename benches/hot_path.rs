@@ -1,1 +1,127 @@
-fn main(){}
+//! Criterion benches for the request hot path: token parse + hash, the cached decision
+//! (cache lookup + `decide`), the uncached lookup, credentials and route matching.
+//!
+//! Run: `cargo bench --bench hot_path`.
+
+use base64::Engine as _;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use obsgate::config::{BackendKind, BackendSlot};
+use obsgate::policy::{decide, RequestFacts, Scope};
+use obsgate::store::{load::load_texts, Store};
+use obsgate::telemetry::Metrics;
+use obsgate::token::{self, TokenHash};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn glc(name: &str) -> String {
+    let p = format!(r#"{{"o":"1","n":"bench-{name}","k":"k-{name}-0123456789abcdefghijklmnop","m":{{"r":"eu"}}}}"#);
+    format!("glc_{}", base64::engine::general_purpose::STANDARD.encode(p))
+}
+
+/// A policy set with `n` tokens spread over 100 policies, each with a subnet list and a realm
+/// with label policies, like a real multi-team deployment.
+fn policy_text(n: usize) -> String {
+    let mut s = String::from("tenants:\n");
+    for t in 0..100 {
+        s += &format!("  - name: tenant-{t:03}\n");
+    }
+    s += "access_policies:\n";
+    for p in 0..100 {
+        s += &format!(
+            "  - name: policy-{p:03}\n    scopes: [metrics:read, metrics:write, logs:read]\n    realms:\n      - tenant: tenant-{p:03}\n        label_policies:\n          - selector: '{{env=\"prod\", team=~\"a|b\"}}'\n      - tenant: tenant-{:03}\n    conditions:\n      allowed_subnets: [\"10.0.0.0/8\", \"192.168.0.0/16\", \"127.0.0.0/8\"]\n",
+            (p + 1) % 100
+        );
+    }
+    s += "tokens:\n";
+    for i in 0..n {
+        s += &format!(
+            "  - {{name: tok-{i}, access_policy: policy-{:03}, hash: \"{}\"}}\n",
+            i % 100,
+            TokenHash::of(&glc(&i.to_string())).stored()
+        );
+    }
+    s
+}
+
+fn benches(c: &mut Criterion) {
+    let glc_tok = glc("7");
+    let glsa_tok = token::mint_glsa().unwrap();
+
+    c.bench_function("token/parse_glc", |b| b.iter(|| token::parse(black_box(&glc_tok))));
+    c.bench_function("token/parse_glsa", |b| b.iter(|| token::parse(black_box(&glsa_tok))));
+    c.bench_function("token/parse_and_hash_glc", |b| {
+        b.iter(|| {
+            token::parse(black_box(&glc_tok)).unwrap();
+            TokenHash::of(black_box(&glc_tok))
+        })
+    });
+
+    let text = policy_text(10_000);
+    let snap = load_texts(&[(Path::new("bench.yaml"), &text)], "local").unwrap();
+    let store = Store::new(snap, 100_000, Duration::from_secs(600), Arc::new(Metrics::new()));
+    let h = TokenHash::of(&glc_tok);
+    let facts = RequestFacts {
+        scope: Some(Scope::MetricsRead),
+        label_policies_apply: true,
+        client_ip: "10.1.2.3".parse().unwrap(),
+        tenant_from_credentials: Some("tenant-007"),
+        org_id_header: None,
+        now_unix: 1_800_000_000,
+    };
+    {
+        let s = store.snapshot();
+        let id = store.identify(&s, &h).unwrap();
+        decide(&id, &s.tenants, &s.cluster, &facts).unwrap();
+    }
+
+    c.bench_function("decision/cached (snapshot + cache hit + decide), 10k tokens", |b| {
+        b.iter(|| {
+            let s = store.snapshot();
+            let id = store.identify(&s, black_box(&h)).unwrap();
+            decide(&id, &s.tenants, &s.cluster, black_box(&facts)).unwrap()
+        })
+    });
+    let write_facts = RequestFacts { scope: Some(Scope::MetricsWrite), label_policies_apply: false, ..facts };
+    c.bench_function("decision/cached write (no label policies), 10k tokens", |b| {
+        b.iter(|| {
+            let s = store.snapshot();
+            let id = store.identify(&s, black_box(&h)).unwrap();
+            decide(&id, &s.tenants, &s.cluster, black_box(&write_facts)).unwrap()
+        })
+    });
+    c.bench_function("store/lookup_and_resolve uncached, 10k tokens", |b| {
+        let s = store.snapshot();
+        b.iter(|| s.resolve(s.lookup(black_box(&h)).unwrap()))
+    });
+    c.bench_function("store/lookup unknown token, 10k tokens", |b| {
+        let s = store.snapshot();
+        let unknown = TokenHash::of("glc_unknown");
+        b.iter(|| s.lookup(black_box(&unknown)).is_none())
+    });
+
+    let mut headers = HeaderMap::new();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("tenant-007:{glc_tok}"));
+    headers.insert("authorization", HeaderValue::from_str(&format!("Basic {basic}")).unwrap());
+    c.bench_function("auth/credentials_basic", |b| b.iter(|| obsgate::auth::credentials(black_box(&headers)).unwrap()));
+
+    c.bench_function("route/match_mimir_query_range", |b| {
+        b.iter(|| {
+            obsgate::route::match_kind(
+                BackendSlot::Metrics,
+                BackendKind::Mimir,
+                black_box(&Method::GET),
+                black_box("/prometheus/api/v1/query_range"),
+            )
+        })
+    });
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = benches
+}
+criterion_main!(hot_path);

@@ -209,14 +209,15 @@ pub struct RequestFacts<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allow {
+pub struct Allow<'a> {
     /// Sorted, deduplicated tenant IDs.
     pub tenants: Vec<String>,
     /// The value for X-Scope-OrgID: tenants joined by `|`.
     pub org_id: String,
     /// For each tenant restricted by label policies (only on routes where they apply): the
     /// selectors it may read (OR between them).
-    pub label_policies: Vec<(String, Vec<Selector>)>,
+    /// Borrowed from the identity and snapshot: nothing is cloned on the request path.
+    pub label_policies: Vec<(&'a str, Vec<&'a Selector>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,12 +298,12 @@ pub fn parse_tenant_ids(s: &str) -> Option<Vec<String>> {
 }
 
 /// Applies SPEC 5.3 from "token active" to the label policies, in the table's order.
-pub fn decide(
-    id: &Identity,
-    tenants: &HashMap<String, Tenant>,
+pub fn decide<'a>(
+    id: &'a Identity,
+    tenants: &'a HashMap<String, Tenant>,
     cluster: &str,
     req: &RequestFacts<'_>,
-) -> Result<Allow, Deny> {
+) -> Result<Allow<'a>, Deny> {
     // token, policy and service account active; token not expired
     if !id.active || id.expires_at.is_some_and(|e| req.now_unix >= e) {
         return Err(Deny::new(DenyReason::InvalidToken, INVALID_TOKEN_MESSAGE));
@@ -332,7 +333,7 @@ pub fn decide(
             "invalid tenant ID: use [A-Za-z0-9!._*'()-], at most 150 bytes, several joined by |",
         ));
     };
-    let mut found: Vec<&Tenant> = Vec::with_capacity(ids.len());
+    let mut found: Vec<&'a Tenant> = Vec::with_capacity(ids.len());
     for t in &ids {
         match tenants.get(t) {
             Some(ten) if ten.status == Status::Active && ten.cluster == cluster => found.push(ten),
@@ -360,7 +361,7 @@ pub fn decide(
     let mut label_policies = Vec::new();
     if req.label_policies_apply {
         for t in &found {
-            let mut set: Vec<Selector> = Vec::new();
+            let mut set: Vec<&'a Selector> = Vec::new();
             let mut unrestricted = false;
             for r in id.realms.iter().filter(|r| r.matches(t)) {
                 if r.label_policies.is_empty() {
@@ -368,13 +369,13 @@ pub fn decide(
                     break;
                 }
                 for s in &r.label_policies {
-                    if !set.contains(s) {
-                        set.push(s.clone());
+                    if !set.contains(&s) {
+                        set.push(s);
                     }
                 }
             }
             if !unrestricted {
-                label_policies.push((t.name.clone(), set));
+                label_policies.push((t.name.as_str(), set));
             }
         }
     }
@@ -462,14 +463,15 @@ mod tests {
         }
     }
 
-    fn reason(r: Result<Allow, Deny>) -> DenyReason {
+    fn reason(r: Result<Allow<'_>, Deny>) -> DenyReason {
         r.unwrap_err().reason
     }
 
     #[test]
     fn allows_when_everything_matches() {
         let id = ident(&[Scope::MetricsWrite], vec![realm(RealmTarget::Tenant("team-a".into()), &[])]);
-        let a = decide(&id, &world(), "local", &facts(Some(Scope::MetricsWrite), Some("team-a"))).unwrap();
+        let w = world();
+        let a = decide(&id, &w, "local", &facts(Some(Scope::MetricsWrite), Some("team-a"))).unwrap();
         assert_eq!(a.org_id, "team-a");
         assert!(a.label_policies.is_empty());
     }
@@ -531,7 +533,8 @@ mod tests {
             &[Scope::MetricsRead],
             vec![realm(RealmTarget::Tenant("team-a".into()), &[]), realm(RealmTarget::Tenant("team-b".into()), &[])],
         );
-        let a = decide(&id, &world(), "local", &facts(None, Some("team-b|team-a|team-b"))).unwrap();
+        let w = world();
+        let a = decide(&id, &w, "local", &facts(None, Some("team-b|team-a|team-b"))).unwrap();
         assert_eq!(a.org_id, "team-a|team-b");
         let id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::Tenant("team-a".into()), &[])]);
         let d = decide(&id, &world(), "local", &facts(None, Some("team-a|team-b"))).unwrap_err();
@@ -578,7 +581,8 @@ mod tests {
         );
         let mut f = facts(Some(Scope::MetricsRead), Some("team-a|team-b"));
         f.label_policies_apply = true;
-        let a = decide(&id, &world(), "local", &f).unwrap();
+        let w = world();
+        let a = decide(&id, &w, "local", &f).unwrap();
         assert_eq!(a.label_policies.len(), 1, "team-b is unrestricted");
         assert_eq!(a.label_policies[0].0, "team-a");
         assert_eq!(a.label_policies[0].1.len(), 2);

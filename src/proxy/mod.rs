@@ -132,8 +132,7 @@ pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Re
 #[derive(Default)]
 struct AuditCtx {
     client_ip: Option<IpAddr>,
-    token: Option<String>,
-    policy: Option<String>,
+    identity: Option<Arc<policy::Identity>>,
     tenant: Option<String>,
 }
 
@@ -183,8 +182,8 @@ fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &Audi
     gw.metrics.auth_decisions.with_label_values(&["deny", reason]).inc();
     tracing::info!(
         target: "obsgate::audit",
-        token = a.token.as_deref().unwrap_or("-"),
-        policy = a.policy.as_deref().unwrap_or("-"),
+        token = a.identity.as_ref().map(|i| i.token_name.as_str()).unwrap_or("-"),
+        policy = a.identity.as_ref().map(|i| i.policy_name.as_str()).unwrap_or("-"),
         tenant = a.tenant.as_deref().unwrap_or("-"),
         client_ip = %a.client_ip.unwrap_or_else(|| auth::canonical(peer.ip())),
         route,
@@ -242,7 +241,7 @@ async fn authorize_and_forward(
 ) -> Result<Response<Body>, Failure> {
     let client_ip: IpAddr = auth::client_ip(peer.ip(), req.headers(), &gw.config.client_ip.trusted_proxies);
     audit.client_ip = Some(client_ip);
-    let allow = {
+    let (org_id, label_values) = {
         let creds = auth::credentials(req.headers()).map_err(|e| unauthorized(e.reason(), e.to_string()))?;
         token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
         let hash = TokenHash::of(&creds.token);
@@ -251,8 +250,7 @@ async fn authorize_and_forward(
             .store
             .identify(&snap, &hash)
             .ok_or_else(|| unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE))?;
-        audit.token = Some(id.token_name.clone());
-        audit.policy = Some(id.policy_name.clone());
+        audit.identity = Some(id.clone());
         let org_hdr = req.headers().get("x-scope-orgid").and_then(|v| v.to_str().ok());
         let facts = RequestFacts {
             scope: route.scope,
@@ -262,50 +260,60 @@ async fn authorize_and_forward(
             org_id_header: org_hdr,
             now_unix: now_unix(),
         };
-        audit.tenant = creds.tenant.as_deref().or(org_hdr).or(id.default_tenant.as_deref()).map(str::to_string);
-        match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
+        let allow = match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
             Ok(a) => a,
-            Err(d) if d.status() == 401 => return Err(unauthorized(d.reason.as_str(), d.message)),
-            Err(d) => return Err(Failure::Forbidden { reason: d.reason.as_str(), message: d.message }),
-        }
+            Err(d) => {
+                audit.tenant =
+                    creds.tenant.as_deref().or(org_hdr).or(id.default_tenant.as_deref()).map(str::to_string);
+                return Err(if d.status() == 401 {
+                    unauthorized(d.reason.as_str(), d.message)
+                } else {
+                    Failure::Forbidden { reason: d.reason.as_str(), message: d.message }
+                });
+            }
+        };
+        audit.tenant = Some(allow.org_id.clone());
+        let labels = label_policy_headers(gw, route.slot, &allow.label_policies)?;
+        (allow.org_id, labels)
     };
-    audit.tenant = Some(allow.org_id.clone());
-
-    let mut label_values: Vec<HeaderValue> = Vec::new();
-    if !allow.label_policies.is_empty() {
-        match gw.config.lbac {
-            // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every
-            // series through. Refuse instead (fail closed).
-            LbacMode::Header if up_kind(gw, route.slot) == Some(crate::config::BackendKind::Prometheus) => {
-                return Err(Failure::Forbidden {
-                    reason: "label_policy",
-                    message: "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control".into(),
-                });
-            }
-            LbacMode::Header => {
-                for (tenant, selectors) in &allow.label_policies {
-                    for s in selectors {
-                        let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
-                        // path_escape output is ASCII without control characters
-                        label_values.push(HeaderValue::from_str(&v).map_err(|_| {
-                            Failure::Forbidden { reason: "label_policy", message: "label policy cannot be encoded".into() }
-                        })?);
-                    }
-                }
-            }
-            LbacMode::Rewrite => {
-                return Err(Failure::Forbidden {
-                    reason: "label_policy",
-                    message: "this token is restricted by label policies, which lbac.mode rewrite cannot enforce yet; use lbac.mode: header with a backend that reads X-Prom-Label-Policy".into(),
-                });
-            }
-        }
-    }
     gw.metrics.auth_decisions.with_label_values(&["allow", "ok"]).inc();
     let upstream = gw
         .upstream(route.slot)
         .ok_or_else(|| Failure::NotFound(format!("backend {} is not configured", route.slot.as_str())))?;
-    forward(gw, upstream, &route, peer, req, &allow.org_id, label_values, start).await
+    forward(gw, upstream, &route, peer, req, &org_id, label_values, start).await
+}
+
+/// Enforces label policies for the restricted tenants of an allowed read: in header mode, one
+/// `X-Prom-Label-Policy: <tenant>:<PathEscape(selector)>` value per selector; where that cannot
+/// be enforced (plain Prometheus, rewrite mode), the request is refused (fail closed).
+fn label_policy_headers(
+    gw: &Gateway,
+    slot: BackendSlot,
+    restricted: &[(&str, Vec<&crate::selector::Selector>)],
+) -> Result<Vec<HeaderValue>, Failure> {
+    let mut values = Vec::new();
+    if restricted.is_empty() {
+        return Ok(values);
+    }
+    let refuse = |message: &str| Failure::Forbidden { reason: "label_policy", message: message.to_string() };
+    match gw.config.lbac {
+        // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every series through.
+        LbacMode::Header if up_kind(gw, slot) == Some(crate::config::BackendKind::Prometheus) => Err(refuse(
+            "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control",
+        )),
+        LbacMode::Header => {
+            for (tenant, selectors) in restricted {
+                for s in selectors {
+                    let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
+                    values.push(HeaderValue::from_str(&v).map_err(|_| refuse("label policy cannot be encoded"))?);
+                }
+            }
+            Ok(values)
+        }
+        LbacMode::Rewrite => Err(refuse(
+            "this token is restricted by label policies, which lbac.mode rewrite cannot enforce yet; use lbac.mode: header with a backend that reads X-Prom-Label-Policy",
+        )),
+    }
 }
 
 fn up_kind(gw: &Gateway, slot: BackendSlot) -> Option<crate::config::BackendKind> {
