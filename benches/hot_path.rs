@@ -4,11 +4,11 @@
 //! Run: `cargo bench --bench hot_path`.
 
 use base64::Engine as _;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use obsgate::config::{BackendKind, BackendSlot};
-use obsgate::policy::{decide, RequestFacts, Scope};
-use obsgate::store::{load::load_texts, Store};
+use obsgate::policy::{RequestFacts, Scope, decide};
+use obsgate::store::{Store, load::load_texts};
 use obsgate::telemetry::Metrics;
 use obsgate::token::{self, TokenHash};
 use std::hint::black_box;
@@ -17,8 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn glc(name: &str) -> String {
-    let p = format!(r#"{{"o":"1","n":"bench-{name}","k":"k-{name}-0123456789abcdefghijklmnop","m":{{"r":"eu"}}}}"#);
-    format!("glc_{}", base64::engine::general_purpose::STANDARD.encode(p))
+    let p = format!(
+        r#"{{"o":"1","n":"bench-{name}","k":"k-{name}-0123456789abcdefghijklmnop","m":{{"r":"eu"}}}}"#
+    );
+    format!(
+        "glc_{}",
+        base64::engine::general_purpose::STANDARD.encode(p)
+    )
 }
 
 /// A policy set with `n` tokens spread over 100 policies, each with a subnet list and a realm
@@ -50,8 +55,12 @@ fn benches(c: &mut Criterion) {
     let glc_tok = glc("7");
     let glsa_tok = token::mint_glsa().unwrap();
 
-    c.bench_function("token/parse_glc", |b| b.iter(|| token::parse(black_box(&glc_tok))));
-    c.bench_function("token/parse_glsa", |b| b.iter(|| token::parse(black_box(&glsa_tok))));
+    c.bench_function("token/parse_glc", |b| {
+        b.iter(|| token::parse(black_box(&glc_tok)))
+    });
+    c.bench_function("token/parse_glsa", |b| {
+        b.iter(|| token::parse(black_box(&glsa_tok)))
+    });
     c.bench_function("token/parse_and_hash_glc", |b| {
         b.iter(|| {
             token::parse(black_box(&glc_tok)).unwrap();
@@ -61,7 +70,12 @@ fn benches(c: &mut Criterion) {
 
     let text = policy_text(10_000);
     let snap = load_texts(&[(Path::new("bench.yaml"), &text)], "local").unwrap();
-    let store = Store::new(snap, 100_000, Duration::from_secs(600), Arc::new(Metrics::new()));
+    let store = Store::new(
+        snap,
+        100_000,
+        Duration::from_secs(600),
+        Arc::new(Metrics::new()),
+    );
     let h = TokenHash::of(&glc_tok);
     let facts = RequestFacts {
         scope: Some(Scope::MetricsRead),
@@ -77,21 +91,35 @@ fn benches(c: &mut Criterion) {
         decide(&id, &s.tenants, &s.cluster, &facts).unwrap();
     }
 
-    c.bench_function("decision/cached (snapshot + cache hit + decide), 10k tokens", |b| {
-        b.iter(|| {
-            let s = store.snapshot();
-            let id = store.identify(&s, black_box(&h)).unwrap();
-            decide(&id, &s.tenants, &s.cluster, black_box(&facts)).unwrap()
-        })
-    });
-    let write_facts = RequestFacts { scope: Some(Scope::MetricsWrite), label_policies_apply: false, ..facts };
-    c.bench_function("decision/cached write (no label policies), 10k tokens", |b| {
-        b.iter(|| {
-            let s = store.snapshot();
-            let id = store.identify(&s, black_box(&h)).unwrap();
-            decide(&id, &s.tenants, &s.cluster, black_box(&write_facts)).unwrap()
-        })
-    });
+    c.bench_function(
+        "decision/cached (snapshot + cache hit + decide), 10k tokens",
+        |b| {
+            b.iter(|| {
+                let s = store.snapshot();
+                let id = store.identify(&s, black_box(&h)).unwrap();
+                let a = decide(&id, &s.tenants, &s.cluster, black_box(&facts)).unwrap();
+                black_box(&a);
+                a.label_policies.len()
+            })
+        },
+    );
+    let write_facts = RequestFacts {
+        scope: Some(Scope::MetricsWrite),
+        label_policies_apply: false,
+        ..facts
+    };
+    c.bench_function(
+        "decision/cached write (no label policies), 10k tokens",
+        |b| {
+            b.iter(|| {
+                let s = store.snapshot();
+                let id = store.identify(&s, black_box(&h)).unwrap();
+                let a = decide(&id, &s.tenants, &s.cluster, black_box(&write_facts)).unwrap();
+                black_box(&a);
+                a.tenants.len()
+            })
+        },
+    );
     c.bench_function("store/lookup_and_resolve uncached, 10k tokens", |b| {
         let s = store.snapshot();
         b.iter(|| s.resolve(s.lookup(black_box(&h)).unwrap()))
@@ -104,8 +132,13 @@ fn benches(c: &mut Criterion) {
 
     let mut headers = HeaderMap::new();
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("tenant-007:{glc_tok}"));
-    headers.insert("authorization", HeaderValue::from_str(&format!("Basic {basic}")).unwrap());
-    c.bench_function("auth/credentials_basic", |b| b.iter(|| obsgate::auth::credentials(black_box(&headers)).unwrap()));
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
+    );
+    c.bench_function("auth/credentials_basic", |b| {
+        b.iter(|| obsgate::auth::credentials(black_box(&headers)).unwrap())
+    });
 
     c.bench_function("route/match_mimir_query_range", |b| {
         b.iter(|| {

@@ -17,7 +17,9 @@ pub struct Credentials<'a> {
 pub enum CredentialsError {
     #[error("missing credentials: send Authorization: Bearer <token> or Basic <tenant:token>")]
     Missing,
-    #[error("malformed Authorization header: expected Bearer <token>, Bearer <tenant>:<token> or Basic base64(<tenant>:<token>)")]
+    #[error(
+        "malformed Authorization header: expected Bearer <token>, Bearer <tenant>:<token> or Basic base64(<tenant>:<token>)"
+    )]
     Malformed,
 }
 
@@ -60,16 +62,24 @@ pub fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, CredentialsEr
         if token.is_empty() {
             return Err(CredentialsError::Malformed);
         }
-        Ok(Credentials { token: Cow::Borrowed(token), tenant: tenant.map(Cow::Borrowed) })
+        Ok(Credentials {
+            token: Cow::Borrowed(token),
+            tenant: tenant.map(Cow::Borrowed),
+        })
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| CredentialsError::Malformed)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| CredentialsError::Malformed)?;
         let text = String::from_utf8(raw).map_err(|_| CredentialsError::Malformed)?;
         let (user, token) = text.split_once(':').ok_or(CredentialsError::Malformed)?;
         if token.is_empty() {
             return Err(CredentialsError::Malformed);
         }
         let tenant = (!user.is_empty()).then(|| Cow::Owned(user.to_string()));
-        Ok(Credentials { token: Cow::Owned(token.to_string()), tenant })
+        Ok(Credentials {
+            token: Cow::Owned(token.to_string()),
+            tenant,
+        })
     } else {
         Err(CredentialsError::Malformed)
     }
@@ -93,7 +103,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         .flat_map(|v| v.split(','))
         .collect();
     for e in entries.iter().rev() {
-        let Some(ip) = parse_xff_entry(e) else { return current };
+        let Some(ip) = parse_xff_entry(e) else {
+            return current;
+        };
         let ip = canonical(ip);
         if !is_trusted(&ip) {
             return ip;
@@ -130,12 +142,18 @@ mod tests {
 
     fn h(v: &str) -> HeaderMap {
         let mut m = HeaderMap::new();
-        m.insert(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        m.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(v).unwrap(),
+        );
         m
     }
 
     fn basic(s: &str) -> String {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
     }
 
     #[test]
@@ -145,7 +163,10 @@ mod tests {
         assert_eq!((c.token.as_ref(), c.tenant), ("glc_abc", None));
         let m = h("bearer team-a:glc_abc");
         let c = credentials(&m).unwrap();
-        assert_eq!((c.token.as_ref(), c.tenant.as_deref()), ("glc_abc", Some("team-a")));
+        assert_eq!(
+            (c.token.as_ref(), c.tenant.as_deref()),
+            ("glc_abc", Some("team-a"))
+        );
         let m = h("Bearer :glc_abc");
         assert_eq!(credentials(&m).unwrap().tenant, None);
     }
@@ -154,24 +175,53 @@ mod tests {
     fn basic_forms() {
         let m = h(&basic("team-a:glc_abc"));
         let c = credentials(&m).unwrap();
-        assert_eq!((c.token.as_ref(), c.tenant.as_deref()), ("glc_abc", Some("team-a")));
+        assert_eq!(
+            (c.token.as_ref(), c.tenant.as_deref()),
+            ("glc_abc", Some("team-a"))
+        );
         let m = h(&basic(":glc_abc"));
         assert_eq!(credentials(&m).unwrap().tenant, None);
     }
 
     #[test]
     fn missing_and_malformed() {
-        assert_eq!(credentials(&HeaderMap::new()), Err(CredentialsError::Missing));
-        for bad in ["Bearer", "Bearer ", "Token abc", "Basic !!!", "glc_abc", "Bearer team:"] {
-            assert_eq!(credentials(&h(bad)), Err(CredentialsError::Malformed), "{bad:?}");
+        assert_eq!(
+            credentials(&HeaderMap::new()),
+            Err(CredentialsError::Missing)
+        );
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Token abc",
+            "Basic !!!",
+            "glc_abc",
+            "Bearer team:",
+        ] {
+            assert_eq!(
+                credentials(&h(bad)),
+                Err(CredentialsError::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!(credentials(&h(&basic("no-colon"))), Err(CredentialsError::Malformed));
-        assert_eq!(credentials(&h(&basic("team:"))), Err(CredentialsError::Malformed));
+        assert_eq!(
+            credentials(&h(&basic("no-colon"))),
+            Err(CredentialsError::Malformed)
+        );
+        assert_eq!(
+            credentials(&h(&basic("team:"))),
+            Err(CredentialsError::Malformed)
+        );
         let mut two = h("Bearer a");
-        two.append(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        two.append(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer b"),
+        );
         assert_eq!(credentials(&two), Err(CredentialsError::Malformed));
         let mut bin = HeaderMap::new();
-        bin.insert(http::header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff").unwrap());
+        bin.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
         assert_eq!(credentials(&bin), Err(CredentialsError::Malformed));
     }
 
@@ -196,16 +246,28 @@ mod tests {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let trusted = vec!["10.0.0.0/8".parse().unwrap()];
         let m = xff(&["6.6.6.6, 1.2.3.4, 10.0.0.7"]);
-        assert_eq!(client_ip(peer, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &m, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // several headers form one list
         let m = xff(&["6.6.6.6", "1.2.3.4"]);
-        assert_eq!(client_ip(peer, &m, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &m, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
         // no header: the peer
         assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
         // garbage stops the walk at the last trusted hop
         let m = xff(&["1.2.3.4, garbage, 10.0.0.7"]);
-        assert_eq!(client_ip(peer, &m, &trusted), "10.0.0.7".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, &xff(&["[2001:db8::1]:443"]), &trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer, &m, &trusted),
+            "10.0.0.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, &xff(&["[2001:db8::1]:443"]), &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

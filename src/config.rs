@@ -62,8 +62,12 @@ pub enum BackendSlot {
 }
 
 impl BackendSlot {
-    pub const ALL: [BackendSlot; 4] =
-        [BackendSlot::Metrics, BackendSlot::Logs, BackendSlot::Traces, BackendSlot::Profiles];
+    pub const ALL: [BackendSlot; 4] = [
+        BackendSlot::Metrics,
+        BackendSlot::Logs,
+        BackendSlot::Traces,
+        BackendSlot::Profiles,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -236,7 +240,9 @@ struct RawLbac {
 
 impl Default for RawLbac {
     fn default() -> Self {
-        RawLbac { mode: LbacMode::Header }
+        RawLbac {
+            mode: LbacMode::Header,
+        }
     }
 }
 
@@ -274,7 +280,9 @@ impl Cidr {
         if let Ok(a) = s.parse::<std::net::IpAddr>() {
             return Ok(IpNet::from(a));
         }
-        Err(format!("invalid CIDR {s:?}: expected an address or address/prefix such as 10.0.0.0/8"))
+        Err(format!(
+            "invalid CIDR {s:?}: expected an address or address/prefix such as 10.0.0.0/8"
+        ))
     }
 }
 
@@ -293,14 +301,20 @@ pub fn load(path: &Path) -> Result<Config, FileErrors> {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
-    let raw: RawConfig = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    let raw: RawConfig = if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         serde_saphyr::from_str("{}")
     } else {
         serde_saphyr::from_str(text)
     }
     .map_err(|e| FileError::from_yaml(path, &e))?;
-    let (raw_server, raw_store, raw_backends) =
-        (raw.server.unwrap_or_default(), raw.store.unwrap_or_default(), raw.backends.unwrap_or_default());
+    let (raw_server, raw_store, raw_backends) = (
+        raw.server.unwrap_or_default(),
+        raw.store.unwrap_or_default(),
+        raw.backends.unwrap_or_default(),
+    );
     let (raw_lbac, raw_client_ip, raw_cache, raw_log) = (
         raw.lbac.unwrap_or_default(),
         raw.client_ip.unwrap_or_default(),
@@ -308,10 +322,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         raw.log.unwrap_or_default(),
     );
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
     let resolve = |p: &str| -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
     };
     let mut errors = Vec::new();
 
@@ -321,7 +343,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
                 errors.push(FileError::at(
                     path,
                     &c.referenced,
-                    format!("invalid cluster name {:?}: use 1-64 chars of [a-z0-9_-]", c.value),
+                    format!(
+                        "invalid cluster name {:?}: use 1-64 chars of [a-z0-9_-]",
+                        c.value
+                    ),
                 ));
             }
             c.value
@@ -335,17 +360,38 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         client_ca_file: t.client_ca_file.as_deref().map(resolve),
     });
     let server = ServerConfig {
-        listen: raw_server.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        listen: raw_server
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         tls,
-        shutdown_grace: raw_server.shutdown_grace.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        shutdown_grace: raw_server
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
     };
 
     let mut backends = Backends::default();
     let slots = [
-        (BackendSlot::Metrics, raw_backends.metrics, &[BackendKind::Mimir, BackendKind::Prometheus][..]),
-        (BackendSlot::Logs, raw_backends.logs, &[BackendKind::Loki][..]),
-        (BackendSlot::Traces, raw_backends.traces, &[BackendKind::Tempo][..]),
-        (BackendSlot::Profiles, raw_backends.profiles, &[BackendKind::Pyroscope][..]),
+        (
+            BackendSlot::Metrics,
+            raw_backends.metrics,
+            &[BackendKind::Mimir, BackendKind::Prometheus][..],
+        ),
+        (
+            BackendSlot::Logs,
+            raw_backends.logs,
+            &[BackendKind::Loki][..],
+        ),
+        (
+            BackendSlot::Traces,
+            raw_backends.traces,
+            &[BackendKind::Tempo][..],
+        ),
+        (
+            BackendSlot::Profiles,
+            raw_backends.profiles,
+            &[BackendKind::Pyroscope][..],
+        ),
     ];
     let mut listens: Vec<SocketAddr> = vec![server.listen];
     for (slot, rb, kinds) in slots {
@@ -378,7 +424,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
                 errors.push(FileError::at(
                     path,
                     &loc,
-                    format!("backend {}: listen address {l} is already used by another listener", slot.as_str()),
+                    format!(
+                        "backend {}: listen address {l} is already used by another listener",
+                        slot.as_str()
+                    ),
                 ));
             }
             listens.push(l);
@@ -392,7 +441,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             listen: rb.listen,
             ca_file: rb.ca_file.as_deref().map(resolve),
             timeout: rb.timeout.map(|d| d.0).unwrap_or(DEFAULT_BACKEND_TIMEOUT),
-            connect_timeout: rb.connect_timeout.map(|d| d.0).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            connect_timeout: rb
+                .connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         };
         match slot {
             BackendSlot::Metrics => backends.metrics = Some(b),
@@ -404,11 +456,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
 
     let cache = CacheConfig {
         capacity: raw_cache.capacity.unwrap_or(100_000),
-        ttl: raw_cache.ttl.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+        ttl: raw_cache
+            .ttl
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(60)),
     };
     let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        errors.push(FileError::whole(path, format!("log.level {level:?} is not a valid log filter")));
+        errors.push(FileError::whole(
+            path,
+            format!("log.level {level:?} is not a valid log filter"),
+        ));
     }
 
     if !errors.is_empty() {
@@ -420,25 +478,48 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         server,
         cluster,
         store: StoreConfig {
-            policy_files: raw_store.policy_files.unwrap_or_default().iter().map(|p| resolve(p)).collect(),
+            policy_files: raw_store
+                .policy_files
+                .unwrap_or_default()
+                .iter()
+                .map(|p| resolve(p))
+                .collect(),
             data_dir: resolve(raw_store.data_dir.as_deref().unwrap_or("data")),
-            poll_interval: raw_store.poll_interval.map(|d| d.0).unwrap_or(Duration::from_millis(250)),
+            poll_interval: raw_store
+                .poll_interval
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_millis(250)),
         },
         backends,
         lbac: raw_lbac.mode,
-        client_ip: ClientIpConfig { trusted_proxies: raw_client_ip.trusted_proxies.unwrap_or_default().into_iter().map(|c| c.0).collect() },
+        client_ip: ClientIpConfig {
+            trusted_proxies: raw_client_ip
+                .trusted_proxies
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.0)
+                .collect(),
+        },
         cache,
         log: LogConfig { level },
     })
 }
 
 fn parse_backend_url(s: &str) -> Result<(http::uri::Scheme, http::uri::Authority, String), String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("invalid backend url {s:?}: {e}"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| format!("backend url {s:?} needs http:// or https://"))?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("invalid backend url {s:?}: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("backend url {s:?} needs http:// or https://"))?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(format!("backend url {s:?}: scheme must be http or https"));
     }
-    let authority = uri.authority().cloned().ok_or_else(|| format!("backend url {s:?} has no host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("backend url {s:?} has no host"))?;
     if uri.query().is_some() {
         return Err(format!("backend url {s:?} must not have a query string"));
     }
@@ -485,7 +566,10 @@ cache:
         let tls = c.server.tls.unwrap();
         assert_eq!(tls.cert_file, PathBuf::from("/etc/obsgate/certs/gw.pem"));
         assert_eq!(tls.key_file, PathBuf::from("/abs/key.pem"));
-        assert_eq!(c.store.policy_files, vec![PathBuf::from("/etc/obsgate/policies.yaml")]);
+        assert_eq!(
+            c.store.policy_files,
+            vec![PathBuf::from("/etc/obsgate/policies.yaml")]
+        );
         assert_eq!(c.store.data_dir, PathBuf::from("/etc/obsgate/data"));
         let m = c.backends.metrics.unwrap();
         assert_eq!(m.kind, BackendKind::Mimir);
@@ -507,7 +591,11 @@ cache:
     #[test]
     fn bad_values_are_located_errors() {
         let e = p("cache:\n  ttl: 5 minutes\n").unwrap_err();
-        assert_eq!((e.0[0].line, e.0[0].message.contains("invalid duration")), (2, true), "{e}");
+        assert_eq!(
+            (e.0[0].line, e.0[0].message.contains("invalid duration")),
+            (2, true),
+            "{e}"
+        );
         let e = p("client_ip:\n  trusted_proxies: [\"10.0.0.0/99\"]\n").unwrap_err();
         assert!(e.0[0].message.contains("invalid CIDR"), "{e}");
         let e = p("backends:\n  logs: { kind: mimir, url: \"http://x\" }\n").unwrap_err();

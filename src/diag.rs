@@ -14,7 +14,12 @@ pub struct FileError {
 
 impl FileError {
     pub fn new(file: &Path, line: u32, column: u32, message: impl Into<String>) -> FileError {
-        FileError { file: file.to_path_buf(), line, column, message: message.into() }
+        FileError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// An error about the file as a whole (unreadable, missing): reported at 1:1.
@@ -23,7 +28,12 @@ impl FileError {
     }
 
     pub fn at(file: &Path, loc: &serde_saphyr::Location, message: impl Into<String>) -> FileError {
-        FileError::new(file, loc.line().max(1) as u32, loc.column().max(1) as u32, message)
+        FileError::new(
+            file,
+            loc.line().max(1) as u32,
+            loc.column().max(1) as u32,
+            message,
+        )
     }
 
     /// Converts a serde-saphyr error into a located error with the bare message.
@@ -42,12 +52,15 @@ impl FileError {
 
 /// `line 5 column 10: bad value` → `bad value`.
 fn strip_position_prefix(msg: &str) -> &str {
-    if let Some(rest) = msg.strip_prefix("line ") {
-        if let Some(idx) = rest.find(": ") {
-            let head = &rest[..idx];
-            if head.split(" column ").all(|p| p.chars().all(|c| c.is_ascii_digit())) {
-                return &rest[idx + 2..];
-            }
+    if let Some(rest) = msg.strip_prefix("line ")
+        && let Some(idx) = rest.find(": ")
+    {
+        let head = &rest[..idx];
+        if head
+            .split(" column ")
+            .all(|p| p.chars().all(|c| c.is_ascii_digit()))
+        {
+            return &rest[idx + 2..];
         }
     }
     msg
@@ -57,10 +70,11 @@ fn strip_position_prefix(msg: &str) -> &str {
 fn strip_position_suffix(msg: &str) -> &str {
     if let Some(idx) = msg.rfind(" at line ") {
         let tail = &msg[idx + " at line ".len()..];
-        if let Some((l, c)) = tail.split_once(", column ") {
-            if l.chars().all(|ch| ch.is_ascii_digit()) && c.chars().all(|ch| ch.is_ascii_digit()) {
-                return &msg[..idx];
-            }
+        if let Some((l, c)) = tail.split_once(", column ")
+            && l.chars().all(|ch| ch.is_ascii_digit())
+            && c.chars().all(|ch| ch.is_ascii_digit())
+        {
+            return &msg[..idx];
         }
     }
     msg
@@ -68,7 +82,14 @@ fn strip_position_suffix(msg: &str) -> &str {
 
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
@@ -105,7 +126,10 @@ mod tests {
         assert_eq!(strip_position_prefix("line 5 column 10: bad"), "bad");
         assert_eq!(strip_position_prefix("line of text: x"), "line of text: x");
         assert_eq!(strip_position_prefix("plain"), "plain");
-        assert_eq!(strip_position_suffix("expected mapping at line 8, column 9"), "expected mapping");
+        assert_eq!(
+            strip_position_suffix("expected mapping at line 8, column 9"),
+            "expected mapping"
+        );
         assert_eq!(strip_position_suffix("a at line of b"), "a at line of b");
     }
 
@@ -121,7 +145,11 @@ mod tests {
         let fe = FileError::from_yaml(Path::new("x.yaml"), &err);
         assert_eq!(fe.line, 2);
         assert_eq!(fe.column, 1);
-        assert!(fe.message.starts_with("unknown field `b`"), "{}", fe.message);
+        assert!(
+            fe.message.starts_with("unknown field `b`"),
+            "{}",
+            fe.message
+        );
         assert!(fe.to_string().starts_with("x.yaml:2:1: unknown field"));
     }
 }

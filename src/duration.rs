@@ -8,7 +8,8 @@ use std::time::Duration;
 pub struct PromDuration(pub Duration);
 
 pub fn parse(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use Prometheus style such as 500ms, 30s, 5m, 1h30m");
+    let bad =
+        || format!("invalid duration {s:?}: use Prometheus style such as 500ms, 30s, 5m, 1h30m");
     if s.is_empty() {
         return Err(bad());
     }
@@ -47,7 +48,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             return Err(bad());
         }
         last_rank = rank;
-        total_ms = total_ms.checked_add(n.checked_mul(ms).ok_or_else(bad)?).ok_or_else(bad)?;
+        total_ms = total_ms
+            .checked_add(n.checked_mul(ms).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
     }
     let ms = u64::try_from(total_ms).map_err(|_| bad())?;
     Ok(Duration::from_millis(ms))
@@ -56,7 +59,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 impl<'de> Deserialize<'de> for PromDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse(&s).map(PromDuration).map_err(serde::de::Error::custom)
+        parse(&s)
+            .map(PromDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -76,7 +81,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_durations() {
-        for s in ["", "5", "s", "5x", "1.5s", "30m1h", "1s1s", "-1s", "99999999999999999999999y"] {
+        for s in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "1.5s",
+            "30m1h",
+            "1s1s",
+            "-1s",
+            "99999999999999999999999y",
+        ] {
             assert!(parse(s).is_err(), "{s} should be rejected");
         }
     }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "obsgate", version, about = "Authenticating reverse proxy for Grafana Mimir, Loki, Tempo and Pyroscope")]
+#[command(
+    name = "obsgate",
+    version,
+    about = "Authenticating reverse proxy for Grafana Mimir, Loki, Tempo and Pyroscope"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,7 +45,11 @@ enum Kind {
 enum TokenCmd {
     /// Mint a token: the token on line 1, then a `tokens:` entry to paste into a policy file.
     New {
-        #[arg(long, conflicts_with = "service_account", required_unless_present = "service_account")]
+        #[arg(
+            long,
+            conflicts_with = "service_account",
+            required_unless_present = "service_account"
+        )]
         access_policy: Option<String>,
         #[arg(long)]
         service_account: Option<String>,
@@ -63,13 +71,25 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve { config } => serve(config),
         Cmd::Check { config } => check(config),
-        Cmd::Token { cmd: TokenCmd::Hash { token } } => {
-            println!("{}", token::TokenHash::of(token.trim_end_matches(['\r', '\n'])).stored());
+        Cmd::Token {
+            cmd: TokenCmd::Hash { token },
+        } => {
+            println!(
+                "{}",
+                token::TokenHash::of(token.trim_end_matches(['\r', '\n'])).stored()
+            );
             ExitCode::SUCCESS
         }
-        Cmd::Token { cmd: TokenCmd::New { access_policy, service_account, name, kind, expires } } => {
-            token_new(access_policy, service_account, name, kind, expires)
-        }
+        Cmd::Token {
+            cmd:
+                TokenCmd::New {
+                    access_policy,
+                    service_account,
+                    name,
+                    kind,
+                    expires,
+                },
+        } => token_new(access_policy, service_account, name, kind, expires),
     }
 }
 
@@ -120,7 +140,10 @@ fn token_new(
     }
     let expires = match expires.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
         None => None,
-        Some(Ok(d)) => Some(d.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        Some(Ok(d)) => Some(
+            d.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
         Some(Err(e)) => {
             eprintln!("error: --expires: not RFC 3339 (e.g. 2027-01-01T00:00:00Z): {e}");
             return ExitCode::from(2);
@@ -134,7 +157,11 @@ fn token_new(
             return ExitCode::from(2);
         }
     };
-    let kind = kind.unwrap_or(if access_policy.is_some() { Kind::Glc } else { Kind::Glsa });
+    let kind = kind.unwrap_or(if access_policy.is_some() {
+        Kind::Glc
+    } else {
+        Kind::Glsa
+    });
     let minted = match kind {
         Kind::Glc => token::mint_glc("", &owner, &name, "obsgate"),
         Kind::Glsa => token::mint_glsa(),
@@ -161,7 +188,10 @@ fn token_new(
 
 /// Quotes a value for YAML when it is not a plain safe scalar.
 fn yaml_scalar(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         s.to_string()
     } else {
         serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
@@ -179,7 +209,10 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     obsgate::telemetry::init_logging(&cfg.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -200,13 +233,14 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),

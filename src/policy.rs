@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// `[a-z0-9_-]{min,max}`.
 pub fn valid_name(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len())
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
 }
 
 macro_rules! scopes {
@@ -66,14 +67,18 @@ impl ScopeSet {
         self.0 & s.bit() != 0
     }
     pub fn iter(self) -> impl Iterator<Item = Scope> {
-        Scope::ALL.iter().copied().filter(move |s| self.contains(*s))
+        Scope::ALL
+            .iter()
+            .copied()
+            .filter(move |s| self.contains(*s))
     }
     pub fn for_role(role: Role) -> ScopeSet {
         let mut set = ScopeSet::default();
         for s in Scope::ALL {
             let name = s.as_str();
             let read = name.ends_with(":read") && !name.starts_with("accesspolicies");
-            let write = (name.ends_with(":write") || name.ends_with(":delete")) && !name.starts_with("accesspolicies");
+            let write = (name.ends_with(":write") || name.ends_with(":delete"))
+                && !name.starts_with("accesspolicies");
             let grant = match role {
                 Role::Viewer => read,
                 Role::Editor => read || write,
@@ -250,7 +255,9 @@ impl DenyReason {
             | DenyReason::NoTenant
             | DenyReason::InvalidTenant
             | DenyReason::UnknownTenant => 401,
-            DenyReason::SubnetNotAllowed | DenyReason::TenantNotInRealm | DenyReason::MissingScope => 403,
+            DenyReason::SubnetNotAllowed
+            | DenyReason::TenantNotInRealm
+            | DenyReason::MissingScope => 403,
         }
     }
 }
@@ -264,7 +271,10 @@ pub struct Deny {
 
 impl Deny {
     fn new(reason: DenyReason, message: impl Into<String>) -> Deny {
-        Deny { reason, message: message.into() }
+        Deny {
+            reason,
+            message: message.into(),
+        }
     }
     pub fn status(&self) -> u16 {
         self.reason.status()
@@ -280,7 +290,8 @@ pub fn valid_tenant_id(s: &str) -> bool {
         && s.len() <= MAX_TENANT_ID_LEN
         && s != "."
         && s != ".."
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!._*'()-".contains(&c))
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!._*'()-".contains(&c))
 }
 
 /// Splits `a|b` into sorted, deduplicated tenant IDs; `None` if any part is invalid.
@@ -309,10 +320,18 @@ pub fn decide<'a>(
         return Err(Deny::new(DenyReason::InvalidToken, INVALID_TOKEN_MESSAGE));
     }
     // client address inside allowed_subnets, when set
-    if !id.allowed_subnets.is_empty() && !id.allowed_subnets.iter().any(|n| n.contains(&req.client_ip)) {
+    if !id.allowed_subnets.is_empty()
+        && !id
+            .allowed_subnets
+            .iter()
+            .any(|n| n.contains(&req.client_ip))
+    {
         return Err(Deny::new(
             DenyReason::SubnetNotAllowed,
-            format!("client address {} is not in the access policy's allowed subnets", req.client_ip),
+            format!(
+                "client address {} is not in the access policy's allowed subnets",
+                req.client_ip
+            ),
         ));
     }
     // tenant resolvable; every tenant known, active, in this cluster
@@ -338,7 +357,10 @@ pub fn decide<'a>(
         match tenants.get(t) {
             Some(ten) if ten.status == Status::Active && ten.cluster == cluster => found.push(ten),
             _ => {
-                return Err(Deny::new(DenyReason::UnknownTenant, format!("unknown or inactive tenant {t:?}")));
+                return Err(Deny::new(
+                    DenyReason::UnknownTenant,
+                    format!("unknown or inactive tenant {t:?}"),
+                ));
             }
         }
     }
@@ -352,10 +374,13 @@ pub fn decide<'a>(
         }
     }
     // route's scope in the policy's scopes
-    if let Some(s) = req.scope {
-        if !id.scopes.contains(s) {
-            return Err(Deny::new(DenyReason::MissingScope, format!("missing scope {}", s.as_str())));
-        }
+    if let Some(s) = req.scope
+        && !id.scopes.contains(s)
+    {
+        return Err(Deny::new(
+            DenyReason::MissingScope,
+            format!("missing scope {}", s.as_str()),
+        ));
     }
     // label policies: the union over every matching realm; unrestricted if one has none
     let mut label_policies = Vec::new();
@@ -380,7 +405,11 @@ pub fn decide<'a>(
         }
     }
     let org_id = ids.join("|");
-    Ok(Allow { tenants: ids, org_id, label_policies })
+    Ok(Allow {
+        tenants: ids,
+        org_id,
+        label_policies,
+    })
 }
 
 /// The one concrete tenant named by the realms, when there is exactly one and no wildcard.
@@ -410,7 +439,13 @@ mod tests {
     use crate::selector::parse_selector;
 
     fn tenant(name: &str, cluster: &str, status: Status) -> Tenant {
-        Tenant { name: name.into(), cluster: cluster.into(), status, org: Some("1".into()), stack: None }
+        Tenant {
+            name: name.into(),
+            cluster: cluster.into(),
+            status,
+            org: Some("1".into()),
+            stack: None,
+        }
     }
 
     fn world() -> HashMap<String, Tenant> {
@@ -469,19 +504,34 @@ mod tests {
 
     #[test]
     fn allows_when_everything_matches() {
-        let id = ident(&[Scope::MetricsWrite], vec![realm(RealmTarget::Tenant("team-a".into()), &[])]);
+        let id = ident(
+            &[Scope::MetricsWrite],
+            vec![realm(RealmTarget::Tenant("team-a".into()), &[])],
+        );
         let w = world();
-        let a = decide(&id, &w, "local", &facts(Some(Scope::MetricsWrite), Some("team-a"))).unwrap();
+        let a = decide(
+            &id,
+            &w,
+            "local",
+            &facts(Some(Scope::MetricsWrite), Some("team-a")),
+        )
+        .unwrap();
         assert_eq!(a.org_id, "team-a");
         assert!(a.label_policies.is_empty());
     }
 
     #[test]
     fn inactive_or_expired_identity_is_401_with_one_message() {
-        let mut id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::AllTenants, &[])]);
+        let mut id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::AllTenants, &[])],
+        );
         id.active = false;
         let d = decide(&id, &world(), "local", &facts(None, Some("team-a"))).unwrap_err();
-        assert_eq!((d.status(), d.message.as_str()), (401, INVALID_TOKEN_MESSAGE));
+        assert_eq!(
+            (d.status(), d.message.as_str()),
+            (401, INVALID_TOKEN_MESSAGE)
+        );
         id.active = true;
         id.expires_at = Some(1_000);
         let d2 = decide(&id, &world(), "local", &facts(None, Some("team-a"))).unwrap_err();
@@ -492,10 +542,16 @@ mod tests {
 
     #[test]
     fn subnet_outside_is_403_and_checked_before_tenant() {
-        let mut id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::AllTenants, &[])]);
+        let mut id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::AllTenants, &[])],
+        );
         id.allowed_subnets = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()].into();
         // no tenant at all: the subnet row comes first
-        assert_eq!(reason(decide(&id, &world(), "local", &facts(None, None))), DenyReason::SubnetNotAllowed);
+        assert_eq!(
+            reason(decide(&id, &world(), "local", &facts(None, None))),
+            DenyReason::SubnetNotAllowed
+        );
         let mut f = facts(None, Some("team-a"));
         f.client_ip = "10.1.2.3".parse().unwrap();
         assert!(decide(&id, &world(), "local", &f).is_ok());
@@ -505,9 +561,15 @@ mod tests {
 
     #[test]
     fn tenant_resolution_order_and_failures_are_401() {
-        let mut id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::AllTenants, &[])]);
+        let mut id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::AllTenants, &[])],
+        );
         let w = world();
-        assert_eq!(reason(decide(&id, &w, "local", &facts(None, None))), DenyReason::NoTenant);
+        assert_eq!(
+            reason(decide(&id, &w, "local", &facts(None, None))),
+            DenyReason::NoTenant
+        );
         // header used when credentials carry none
         let mut f = facts(None, None);
         f.org_id_header = Some("team-b");
@@ -517,12 +579,23 @@ mod tests {
         assert_eq!(decide(&id, &w, "local", &f).unwrap().org_id, "team-a");
         // default tenant last
         id.default_tenant = Some("team-a".into());
-        assert_eq!(decide(&id, &w, "local", &facts(None, None)).unwrap().org_id, "team-a");
+        assert_eq!(
+            decide(&id, &w, "local", &facts(None, None)).unwrap().org_id,
+            "team-a"
+        );
         for bad in ["a b", "..", "x\ny", &"a".repeat(151), "a||b", "a;b"] {
-            assert_eq!(reason(decide(&id, &w, "local", &facts(None, Some(bad)))), DenyReason::InvalidTenant, "{bad:?}");
+            assert_eq!(
+                reason(decide(&id, &w, "local", &facts(None, Some(bad)))),
+                DenyReason::InvalidTenant,
+                "{bad:?}"
+            );
         }
         for t in ["nobody", "gone", "far", "team-a|nobody"] {
-            assert_eq!(reason(decide(&id, &w, "local", &facts(None, Some(t)))), DenyReason::UnknownTenant, "{t}");
+            assert_eq!(
+                reason(decide(&id, &w, "local", &facts(None, Some(t)))),
+                DenyReason::UnknownTenant,
+                "{t}"
+            );
         }
         assert_eq!(DenyReason::UnknownTenant.status(), 401);
     }
@@ -531,12 +604,18 @@ mod tests {
     fn multi_tenant_is_sorted_deduplicated_and_each_checked() {
         let id = ident(
             &[Scope::MetricsRead],
-            vec![realm(RealmTarget::Tenant("team-a".into()), &[]), realm(RealmTarget::Tenant("team-b".into()), &[])],
+            vec![
+                realm(RealmTarget::Tenant("team-a".into()), &[]),
+                realm(RealmTarget::Tenant("team-b".into()), &[]),
+            ],
         );
         let w = world();
         let a = decide(&id, &w, "local", &facts(None, Some("team-b|team-a|team-b"))).unwrap();
         assert_eq!(a.org_id, "team-a|team-b");
-        let id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::Tenant("team-a".into()), &[])]);
+        let id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::Tenant("team-a".into()), &[])],
+        );
         let d = decide(&id, &world(), "local", &facts(None, Some("team-a|team-b"))).unwrap_err();
         assert_eq!((d.reason, d.status()), (DenyReason::TenantNotInRealm, 403));
         assert!(d.message.contains("team-b"));
@@ -547,23 +626,58 @@ mod tests {
         let mut r = realm(RealmTarget::AllTenants, &[]);
         r.cluster = "other-dc".into();
         let id = ident(&[Scope::MetricsRead], vec![r]);
-        assert_eq!(reason(decide(&id, &world(), "local", &facts(None, Some("team-a")))), DenyReason::TenantNotInRealm);
-        let id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::Stack("123".into()), &[])]);
+        assert_eq!(
+            reason(decide(&id, &world(), "local", &facts(None, Some("team-a")))),
+            DenyReason::TenantNotInRealm
+        );
+        let id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::Stack("123".into()), &[])],
+        );
         assert!(decide(&id, &world(), "local", &facts(None, Some("stacked"))).is_ok());
-        assert_eq!(reason(decide(&id, &world(), "local", &facts(None, Some("team-a")))), DenyReason::TenantNotInRealm);
-        let id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::Org("1".into()), &[])]);
+        assert_eq!(
+            reason(decide(&id, &world(), "local", &facts(None, Some("team-a")))),
+            DenyReason::TenantNotInRealm
+        );
+        let id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::Org("1".into()), &[])],
+        );
         assert!(decide(&id, &world(), "local", &facts(None, Some("team-a"))).is_ok());
-        assert_eq!(reason(decide(&id, &world(), "local", &facts(None, Some("stacked")))), DenyReason::TenantNotInRealm);
+        assert_eq!(
+            reason(decide(
+                &id,
+                &world(),
+                "local",
+                &facts(None, Some("stacked"))
+            )),
+            DenyReason::TenantNotInRealm
+        );
     }
 
     #[test]
     fn missing_scope_is_403_naming_the_scope_and_comes_after_realms() {
-        let id = ident(&[Scope::MetricsRead], vec![realm(RealmTarget::Tenant("team-a".into()), &[])]);
-        let d = decide(&id, &world(), "local", &facts(Some(Scope::MetricsWrite), Some("team-a"))).unwrap_err();
+        let id = ident(
+            &[Scope::MetricsRead],
+            vec![realm(RealmTarget::Tenant("team-a".into()), &[])],
+        );
+        let d = decide(
+            &id,
+            &world(),
+            "local",
+            &facts(Some(Scope::MetricsWrite), Some("team-a")),
+        )
+        .unwrap_err();
         assert_eq!((d.reason, d.status()), (DenyReason::MissingScope, 403));
         assert!(d.message.contains("metrics:write"));
         // wrong tenant and wrong scope: the realm row is reported
-        let d = decide(&id, &world(), "local", &facts(Some(Scope::MetricsWrite), Some("team-b"))).unwrap_err();
+        let d = decide(
+            &id,
+            &world(),
+            "local",
+            &facts(Some(Scope::MetricsWrite), Some("team-b")),
+        )
+        .unwrap_err();
         assert_eq!(d.reason, DenyReason::TenantNotInRealm);
         // a route without scope needs only a valid token
         assert!(decide(&id, &world(), "local", &facts(None, Some("team-a"))).is_ok());
@@ -587,15 +701,28 @@ mod tests {
         assert_eq!(a.label_policies[0].0, "team-a");
         assert_eq!(a.label_policies[0].1.len(), 2);
         f.label_policies_apply = false;
-        assert!(decide(&id, &world(), "local", &f).unwrap().label_policies.is_empty());
+        assert!(
+            decide(&id, &world(), "local", &f)
+                .unwrap()
+                .label_policies
+                .is_empty()
+        );
     }
 
     #[test]
     fn role_scopes() {
         let v = ScopeSet::for_role(Role::Viewer);
-        assert!(v.contains(Scope::MetricsRead) && v.contains(Scope::RulesRead) && !v.contains(Scope::MetricsWrite));
+        assert!(
+            v.contains(Scope::MetricsRead)
+                && v.contains(Scope::RulesRead)
+                && !v.contains(Scope::MetricsWrite)
+        );
         let e = ScopeSet::for_role(Role::Editor);
-        assert!(e.contains(Scope::LogsDelete) && e.contains(Scope::TracesWrite) && !e.contains(Scope::Admin));
+        assert!(
+            e.contains(Scope::LogsDelete)
+                && e.contains(Scope::TracesWrite)
+                && !e.contains(Scope::Admin)
+        );
         let a = ScopeSet::for_role(Role::Admin);
         assert!(a.contains(Scope::Admin) && a.contains(Scope::MetricsRead));
     }
@@ -604,12 +731,24 @@ mod tests {
     fn default_tenant_only_when_exactly_one() {
         let w = world();
         let one = [realm(RealmTarget::Tenant("team-a".into()), &[])];
-        assert_eq!(default_tenant(&one, w.values(), "local"), Some("team-a".into()));
-        let two = [realm(RealmTarget::Tenant("team-a".into()), &[]), realm(RealmTarget::Tenant("team-b".into()), &[])];
+        assert_eq!(
+            default_tenant(&one, w.values(), "local"),
+            Some("team-a".into())
+        );
+        let two = [
+            realm(RealmTarget::Tenant("team-a".into()), &[]),
+            realm(RealmTarget::Tenant("team-b".into()), &[]),
+        ];
         assert_eq!(default_tenant(&two, w.values(), "local"), None);
-        assert_eq!(default_tenant(&[realm(RealmTarget::AllTenants, &[])], w.values(), "local"), None);
+        assert_eq!(
+            default_tenant(&[realm(RealmTarget::AllTenants, &[])], w.values(), "local"),
+            None
+        );
         let stack = [realm(RealmTarget::Stack("123".into()), &[])];
-        assert_eq!(default_tenant(&stack, w.values(), "local"), Some("stacked".into()));
+        assert_eq!(
+            default_tenant(&stack, w.values(), "local"),
+            Some("stacked".into())
+        );
     }
 
     #[test]
@@ -620,7 +759,10 @@ mod tests {
         assert!(!valid_tenant_id(""));
         assert!(!valid_tenant_id("a/b"));
         assert!(valid_tenant_id(&"a".repeat(150)));
-        assert_eq!(parse_tenant_ids("b|a|b"), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            parse_tenant_ids("b|a|b"),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
         assert_eq!(parse_tenant_ids("a|"), None);
     }
 }

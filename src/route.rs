@@ -26,7 +26,10 @@ struct Hit {
 }
 
 fn hit(name: &'static str, scope: Scope) -> Option<Hit> {
-    Some(Hit { name, scope: Some(scope) })
+    Some(Hit {
+        name,
+        scope: Some(scope),
+    })
 }
 
 /// Refuses paths that a normalising upstream could resolve to another route: empty, `.` or
@@ -87,14 +90,30 @@ fn mimir(method: &Method, path: &str) -> Option<Hit> {
         "/api/v1/push" if post => return hit("/api/v1/push", Scope::MetricsWrite),
         "/api/prom/push" if post => return hit("/api/prom/push", Scope::MetricsWrite),
         "/otlp/v1/metrics" if post => return hit("/otlp/v1/metrics", Scope::MetricsWrite),
-        "/api/v1/push/influx/write" if post => return hit("/api/v1/push/influx/write", Scope::MetricsWrite),
-        "/prometheus/api/v1/status/buildinfo" if get => {
-            return Some(Hit { name: "/prometheus/api/v1/status/buildinfo", scope: None });
+        "/api/v1/push/influx/write" if post => {
+            return hit("/api/v1/push/influx/write", Scope::MetricsWrite);
         }
-        "/prometheus/api/v1/rules" if get => return hit("/prometheus/api/v1/rules", Scope::RulesRead),
-        "/prometheus/api/v1/alerts" if get => return hit("/prometheus/api/v1/alerts", Scope::RulesRead),
+        "/prometheus/api/v1/status/buildinfo" if get => {
+            return Some(Hit {
+                name: "/prometheus/api/v1/status/buildinfo",
+                scope: None,
+            });
+        }
+        "/prometheus/api/v1/rules" if get => {
+            return hit("/prometheus/api/v1/rules", Scope::RulesRead);
+        }
+        "/prometheus/api/v1/alerts" if get => {
+            return hit("/prometheus/api/v1/alerts", Scope::RulesRead);
+        }
         "/api/v1/alerts" => {
-            return hit("/api/v1/alerts", if get { Scope::AlertsRead } else { Scope::AlertsWrite });
+            return hit(
+                "/api/v1/alerts",
+                if get {
+                    Scope::AlertsRead
+                } else {
+                    Scope::AlertsWrite
+                },
+            );
         }
         _ => {}
     }
@@ -112,7 +131,10 @@ fn mimir(method: &Method, path: &str) -> Option<Hit> {
             "read" => "/prometheus/api/v1/read",
             "format_query" => "/prometheus/api/v1/format_query",
             _ => {
-                if let Some(n) = rest.strip_prefix("label/").and_then(|r| r.strip_suffix("/values")) {
+                if let Some(n) = rest
+                    .strip_prefix("label/")
+                    .and_then(|r| r.strip_suffix("/values"))
+                {
                     segment(n)?;
                     "/prometheus/api/v1/label/{name}/values"
                 } else if let Some(c) = rest.strip_prefix("cardinality/") {
@@ -131,12 +153,19 @@ fn mimir(method: &Method, path: &str) -> Option<Hit> {
         return rules_crud(method, rest, "/prometheus/config/v1/rules");
     }
     if path == "/alertmanager" || path.starts_with("/alertmanager/") {
-        return hit("/alertmanager/*", if get { Scope::AlertsRead } else { Scope::AlertsWrite });
+        return hit(
+            "/alertmanager/*",
+            if get {
+                Scope::AlertsRead
+            } else {
+                Scope::AlertsWrite
+            },
+        );
     }
-    if let Some(rest) = path.strip_prefix("/api/v1/upload/block/") {
-        if !rest.is_empty() {
-            return hit("/api/v1/upload/block/*", Scope::MetricsImport);
-        }
+    if let Some(rest) = path.strip_prefix("/api/v1/upload/block/")
+        && !rest.is_empty()
+    {
+        return hit("/api/v1/upload/block/*", Scope::MetricsImport);
     }
     None
 }
@@ -149,8 +178,12 @@ fn loki(method: &Method, path: &str) -> Option<Hit> {
         "/otlp/v1/logs" if post => return hit("/otlp/v1/logs", Scope::LogsWrite),
         "/loki/api/v1/tail" if get => return hit("/loki/api/v1/tail", Scope::LogsRead),
         "/loki/api/v1/delete" => return hit("/loki/api/v1/delete", Scope::LogsDelete),
-        "/prometheus/api/v1/rules" if get => return hit("/prometheus/api/v1/rules", Scope::RulesRead),
-        "/prometheus/api/v1/alerts" if get => return hit("/prometheus/api/v1/alerts", Scope::RulesRead),
+        "/prometheus/api/v1/rules" if get => {
+            return hit("/prometheus/api/v1/rules", Scope::RulesRead);
+        }
+        "/prometheus/api/v1/alerts" if get => {
+            return hit("/prometheus/api/v1/alerts", Scope::RulesRead);
+        }
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("/loki/api/v1/rules") {
@@ -174,10 +207,16 @@ fn loki(method: &Method, path: &str) -> Option<Hit> {
         "detected_fields" => "/loki/api/v1/detected_fields",
         "format_query" => "/loki/api/v1/format_query",
         _ => {
-            if let Some(n) = rest.strip_prefix("label/").and_then(|r| r.strip_suffix("/values")) {
+            if let Some(n) = rest
+                .strip_prefix("label/")
+                .and_then(|r| r.strip_suffix("/values"))
+            {
                 segment(n)?;
                 "/loki/api/v1/label/{name}/values"
-            } else if let Some(n) = rest.strip_prefix("detected_field/").and_then(|r| r.strip_suffix("/values")) {
+            } else if let Some(n) = rest
+                .strip_prefix("detected_field/")
+                .and_then(|r| r.strip_suffix("/values"))
+            {
                 segment(n)?;
                 "/loki/api/v1/detected_field/{name}/values"
             } else {
@@ -193,9 +232,10 @@ fn tempo(method: &Method, path: &str) -> Option<Hit> {
         return match path {
             "/v1/traces" => hit("/v1/traces", Scope::TracesWrite),
             "/otlp/v1/traces" => hit("/otlp/v1/traces", Scope::TracesWrite),
-            "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => {
-                hit("/opentelemetry.proto.collector.trace.v1.TraceService/Export", Scope::TracesWrite)
-            }
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => hit(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                Scope::TracesWrite,
+            ),
             _ => {
                 let m = path.strip_prefix("/tempopb.StreamingQuerier/")?;
                 segment(m)?;
@@ -220,10 +260,16 @@ fn tempo(method: &Method, path: &str) -> Option<Hit> {
             } else if let Some(id) = path.strip_prefix("/api/v2/traces/") {
                 segment(id)?;
                 "/api/v2/traces/{id}"
-            } else if let Some(t) = path.strip_prefix("/api/search/tag/").and_then(|r| r.strip_suffix("/values")) {
+            } else if let Some(t) = path
+                .strip_prefix("/api/search/tag/")
+                .and_then(|r| r.strip_suffix("/values"))
+            {
                 segment(t)?;
                 "/api/search/tag/{tag}/values"
-            } else if let Some(t) = path.strip_prefix("/api/v2/search/tag/").and_then(|r| r.strip_suffix("/values")) {
+            } else if let Some(t) = path
+                .strip_prefix("/api/v2/search/tag/")
+                .and_then(|r| r.strip_suffix("/values"))
+            {
                 segment(t)?;
                 "/api/v2/search/tag/{tag}/values"
             } else {
@@ -237,7 +283,9 @@ fn tempo(method: &Method, path: &str) -> Option<Hit> {
 fn pyroscope(method: &Method, path: &str) -> Option<Hit> {
     match path {
         "/ingest" if method == Method::POST => return hit("/ingest", Scope::ProfilesWrite),
-        "/pyroscope/ingest" if method == Method::POST => return hit("/pyroscope/ingest", Scope::ProfilesWrite),
+        "/pyroscope/ingest" if method == Method::POST => {
+            return hit("/pyroscope/ingest", Scope::ProfilesWrite);
+        }
         "/push.v1.PusherService/Push" if method == Method::POST => {
             return hit("/push.v1.PusherService/Push", Scope::ProfilesWrite);
         }
@@ -245,7 +293,10 @@ fn pyroscope(method: &Method, path: &str) -> Option<Hit> {
     }
     if let Some(m) = path.strip_prefix("/querier.v1.QuerierService/") {
         segment(m)?;
-        return (method == Method::POST).then_some(Hit { name: "/querier.v1.QuerierService/*", scope: Some(Scope::ProfilesRead) });
+        return (method == Method::POST).then_some(Hit {
+            name: "/querier.v1.QuerierService/*",
+            scope: Some(Scope::ProfilesRead),
+        });
     }
     if !is_read(method) {
         return None;
@@ -261,14 +312,23 @@ fn pyroscope(method: &Method, path: &str) -> Option<Hit> {
 }
 
 /// Matches one backend's table.
-pub fn match_kind<'a>(slot: BackendSlot, kind: BackendKind, method: &Method, path: &'a str) -> Option<RouteMatch<'a>> {
+pub fn match_kind<'a>(
+    slot: BackendSlot,
+    kind: BackendKind,
+    method: &Method,
+    path: &'a str,
+) -> Option<RouteMatch<'a>> {
     if !path_is_safe(path) {
         return None;
     }
     let (h, upstream_path): (Hit, Cow<'a, str>) = match kind {
         BackendKind::Mimir => {
             let h = mimir(method, path)?;
-            let up = if h.name == "/api/prom/push" { Cow::Borrowed("/api/v1/push") } else { Cow::Borrowed(path) };
+            let up = if h.name == "/api/prom/push" {
+                Cow::Borrowed("/api/v1/push")
+            } else {
+                Cow::Borrowed(path)
+            };
             (h, up)
         }
         BackendKind::Prometheus => {
@@ -276,19 +336,32 @@ pub fn match_kind<'a>(slot: BackendSlot, kind: BackendKind, method: &Method, pat
             let up = match h.name {
                 "/api/v1/push" | "/api/prom/push" => Cow::Borrowed("/api/v1/write"),
                 "/otlp/v1/metrics" => Cow::Borrowed("/api/v1/otlp/v1/metrics"),
-                _ => Cow::Borrowed(path.strip_prefix("/prometheus").filter(|p| p.starts_with('/')).unwrap_or(path)),
+                _ => Cow::Borrowed(
+                    path.strip_prefix("/prometheus")
+                        .filter(|p| p.starts_with('/'))
+                        .unwrap_or(path),
+                ),
             };
             (h, up)
         }
         BackendKind::Loki => (loki(method, path)?, Cow::Borrowed(path)),
         BackendKind::Tempo => {
-            let inner = path.strip_prefix("/tempo").filter(|p| p.starts_with('/')).unwrap_or(path);
+            let inner = path
+                .strip_prefix("/tempo")
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or(path);
             (tempo(method, inner)?, Cow::Borrowed(inner))
         }
         BackendKind::Pyroscope => (pyroscope(method, path)?, Cow::Borrowed(path)),
     };
     let label_policies = matches!(h.scope, Some(Scope::MetricsRead) | Some(Scope::LogsRead));
-    Some(RouteMatch { slot, name: h.name, scope: h.scope, label_policies, upstream_path })
+    Some(RouteMatch {
+        slot,
+        name: h.name,
+        scope: h.scope,
+        label_policies,
+        upstream_path,
+    })
 }
 
 /// Matches a request on a listener: the shared listener (`only: None`) tries the configured
@@ -328,14 +401,31 @@ mod tests {
 
     #[test]
     fn mimir_table() {
-        for p in ["/api/v1/push", "/otlp/v1/metrics", "/api/v1/push/influx/write", "/api/prom/push"] {
+        for p in [
+            "/api/v1/push",
+            "/otlp/v1/metrics",
+            "/api/v1/push/influx/write",
+            "/api/prom/push",
+        ] {
             assert_eq!(scope(Mimir, Method::POST, p), Some(MetricsWrite), "{p}");
             assert_eq!(m(Mimir, Method::GET, p), None, "GET {p}");
         }
-        assert_eq!(m(Mimir, Method::POST, "/api/prom/push").unwrap().1, "/api/v1/push");
+        assert_eq!(
+            m(Mimir, Method::POST, "/api/prom/push").unwrap().1,
+            "/api/v1/push"
+        );
         for p in [
-            "query", "query_range", "query_exemplars", "series", "labels", "label/job/values", "metadata", "read",
-            "cardinality/label_names", "cardinality/active_series", "format_query",
+            "query",
+            "query_range",
+            "query_exemplars",
+            "series",
+            "labels",
+            "label/job/values",
+            "metadata",
+            "read",
+            "cardinality/label_names",
+            "cardinality/active_series",
+            "format_query",
         ] {
             let path = format!("/prometheus/api/v1/{p}");
             let r = m(Mimir, Method::GET, &path).unwrap_or_else(|| panic!("{path}"));
@@ -343,60 +433,159 @@ mod tests {
             assert_eq!(scope(Mimir, Method::POST, &path), Some(MetricsRead));
             assert_eq!(m(Mimir, Method::DELETE, &path), None);
         }
-        assert_eq!(m(Mimir, Method::GET, "/prometheus/api/v1/label//values"), None);
-        assert_eq!(m(Mimir, Method::GET, "/prometheus/api/v1/label/a/b/values"), None);
-        assert_eq!(m(Mimir, Method::GET, "/prometheus/api/v1/cardinality/"), None);
-        for p in ["/prometheus/config/v1/rules", "/prometheus/config/v1/rules/ns", "/prometheus/config/v1/rules/ns/g"] {
+        assert_eq!(
+            m(Mimir, Method::GET, "/prometheus/api/v1/label//values"),
+            None
+        );
+        assert_eq!(
+            m(Mimir, Method::GET, "/prometheus/api/v1/label/a/b/values"),
+            None
+        );
+        assert_eq!(
+            m(Mimir, Method::GET, "/prometheus/api/v1/cardinality/"),
+            None
+        );
+        for p in [
+            "/prometheus/config/v1/rules",
+            "/prometheus/config/v1/rules/ns",
+            "/prometheus/config/v1/rules/ns/g",
+        ] {
             assert_eq!(scope(Mimir, Method::GET, p), Some(RulesRead), "{p}");
             assert_eq!(scope(Mimir, Method::POST, p), Some(RulesWrite), "{p}");
             assert_eq!(scope(Mimir, Method::DELETE, p), Some(RulesWrite), "{p}");
             assert_eq!(m(Mimir, Method::PUT, p), None);
         }
-        assert_eq!(m(Mimir, Method::GET, "/prometheus/config/v1/rules/a/b/c"), None);
+        assert_eq!(
+            m(Mimir, Method::GET, "/prometheus/config/v1/rules/a/b/c"),
+            None
+        );
         assert_eq!(m(Mimir, Method::GET, "/prometheus/config/v1/rulesx"), None);
-        assert_eq!(scope(Mimir, Method::GET, "/prometheus/api/v1/rules"), Some(RulesRead));
-        assert_eq!(scope(Mimir, Method::GET, "/prometheus/api/v1/alerts"), Some(RulesRead));
-        assert_eq!(scope(Mimir, Method::GET, "/alertmanager/api/v2/silences"), Some(AlertsRead));
-        assert_eq!(scope(Mimir, Method::POST, "/alertmanager/api/v2/silences"), Some(AlertsWrite));
-        assert_eq!(scope(Mimir, Method::GET, "/api/v1/alerts"), Some(AlertsRead));
-        assert_eq!(scope(Mimir, Method::POST, "/api/v1/alerts"), Some(AlertsWrite));
-        assert_eq!(scope(Mimir, Method::POST, "/api/v1/upload/block/01H/start"), Some(MetricsImport));
+        assert_eq!(
+            scope(Mimir, Method::GET, "/prometheus/api/v1/rules"),
+            Some(RulesRead)
+        );
+        assert_eq!(
+            scope(Mimir, Method::GET, "/prometheus/api/v1/alerts"),
+            Some(RulesRead)
+        );
+        assert_eq!(
+            scope(Mimir, Method::GET, "/alertmanager/api/v2/silences"),
+            Some(AlertsRead)
+        );
+        assert_eq!(
+            scope(Mimir, Method::POST, "/alertmanager/api/v2/silences"),
+            Some(AlertsWrite)
+        );
+        assert_eq!(
+            scope(Mimir, Method::GET, "/api/v1/alerts"),
+            Some(AlertsRead)
+        );
+        assert_eq!(
+            scope(Mimir, Method::POST, "/api/v1/alerts"),
+            Some(AlertsWrite)
+        );
+        assert_eq!(
+            scope(Mimir, Method::POST, "/api/v1/upload/block/01H/start"),
+            Some(MetricsImport)
+        );
         let b = m(Mimir, Method::GET, "/prometheus/api/v1/status/buildinfo").unwrap();
         assert_eq!((b.0, b.2), (None, false));
-        assert_eq!(m(Mimir, Method::GET, "/prometheus/api/v1/status/config"), None);
+        assert_eq!(
+            m(Mimir, Method::GET, "/prometheus/api/v1/status/config"),
+            None
+        );
         assert_eq!(m(Mimir, Method::GET, "/admin/api/v3/tenants"), None);
         assert_eq!(m(Mimir, Method::GET, "/"), None);
     }
 
     #[test]
     fn prometheus_kind_rewrites() {
-        assert_eq!(m(Prometheus, Method::POST, "/api/v1/push").unwrap().1, "/api/v1/write");
-        assert_eq!(m(Prometheus, Method::POST, "/api/prom/push").unwrap().1, "/api/v1/write");
-        assert_eq!(m(Prometheus, Method::POST, "/otlp/v1/metrics").unwrap().1, "/api/v1/otlp/v1/metrics");
-        assert_eq!(m(Prometheus, Method::GET, "/prometheus/api/v1/query").unwrap().1, "/api/v1/query");
-        assert_eq!(m(Prometheus, Method::GET, "/prometheus/api/v1/label/job/values").unwrap().1, "/api/v1/label/job/values");
-        assert_eq!(m(Prometheus, Method::GET, "/api/v1/query"), None, "only the table's paths");
+        assert_eq!(
+            m(Prometheus, Method::POST, "/api/v1/push").unwrap().1,
+            "/api/v1/write"
+        );
+        assert_eq!(
+            m(Prometheus, Method::POST, "/api/prom/push").unwrap().1,
+            "/api/v1/write"
+        );
+        assert_eq!(
+            m(Prometheus, Method::POST, "/otlp/v1/metrics").unwrap().1,
+            "/api/v1/otlp/v1/metrics"
+        );
+        assert_eq!(
+            m(Prometheus, Method::GET, "/prometheus/api/v1/query")
+                .unwrap()
+                .1,
+            "/api/v1/query"
+        );
+        assert_eq!(
+            m(
+                Prometheus,
+                Method::GET,
+                "/prometheus/api/v1/label/job/values"
+            )
+            .unwrap()
+            .1,
+            "/api/v1/label/job/values"
+        );
+        assert_eq!(
+            m(Prometheus, Method::GET, "/api/v1/query"),
+            None,
+            "only the table's paths"
+        );
     }
 
     #[test]
     fn loki_table() {
-        assert_eq!(scope(Loki, Method::POST, "/loki/api/v1/push"), Some(LogsWrite));
+        assert_eq!(
+            scope(Loki, Method::POST, "/loki/api/v1/push"),
+            Some(LogsWrite)
+        );
         assert_eq!(scope(Loki, Method::POST, "/otlp/v1/logs"), Some(LogsWrite));
         for p in [
-            "query", "query_range", "label", "labels", "label/app/values", "series", "index/stats", "index/volume",
-            "index/volume_range", "patterns", "detected_labels", "detected_fields", "detected_field/level/values",
+            "query",
+            "query_range",
+            "label",
+            "labels",
+            "label/app/values",
+            "series",
+            "index/stats",
+            "index/volume",
+            "index/volume_range",
+            "patterns",
+            "detected_labels",
+            "detected_fields",
+            "detected_field/level/values",
             "format_query",
         ] {
             let path = format!("/loki/api/v1/{p}");
             let r = m(Loki, Method::GET, &path).unwrap_or_else(|| panic!("{path}"));
             assert_eq!((r.0, r.2), (Some(LogsRead), true), "{path}");
         }
-        assert_eq!(scope(Loki, Method::GET, "/loki/api/v1/tail"), Some(LogsRead));
-        assert_eq!(scope(Loki, Method::POST, "/loki/api/v1/delete"), Some(LogsDelete));
-        assert_eq!(scope(Loki, Method::GET, "/loki/api/v1/delete"), Some(LogsDelete));
-        assert_eq!(scope(Loki, Method::GET, "/loki/api/v1/rules/ns/g"), Some(RulesRead));
-        assert_eq!(scope(Loki, Method::POST, "/loki/api/v1/rules/ns"), Some(RulesWrite));
-        assert_eq!(scope(Loki, Method::GET, "/prometheus/api/v1/rules"), Some(RulesRead));
+        assert_eq!(
+            scope(Loki, Method::GET, "/loki/api/v1/tail"),
+            Some(LogsRead)
+        );
+        assert_eq!(
+            scope(Loki, Method::POST, "/loki/api/v1/delete"),
+            Some(LogsDelete)
+        );
+        assert_eq!(
+            scope(Loki, Method::GET, "/loki/api/v1/delete"),
+            Some(LogsDelete)
+        );
+        assert_eq!(
+            scope(Loki, Method::GET, "/loki/api/v1/rules/ns/g"),
+            Some(RulesRead)
+        );
+        assert_eq!(
+            scope(Loki, Method::POST, "/loki/api/v1/rules/ns"),
+            Some(RulesWrite)
+        );
+        assert_eq!(
+            scope(Loki, Method::GET, "/prometheus/api/v1/rules"),
+            Some(RulesRead)
+        );
         assert_eq!(m(Loki, Method::GET, "/loki/api/v1/nope"), None);
         assert_eq!(m(Loki, Method::POST, "/loki/api/v1/tail"), None);
     }
@@ -404,19 +593,37 @@ mod tests {
     #[test]
     fn tempo_table_with_prefix() {
         for p in [
-            "/api/traces/abc", "/api/v2/traces/abc", "/api/search", "/api/search/tags", "/api/v2/search/tags",
-            "/api/search/tag/service.name/values", "/api/v2/search/tag/x/values", "/api/metrics/query",
-            "/api/metrics/query_range", "/api/echo",
+            "/api/traces/abc",
+            "/api/v2/traces/abc",
+            "/api/search",
+            "/api/search/tags",
+            "/api/v2/search/tags",
+            "/api/search/tag/service.name/values",
+            "/api/v2/search/tag/x/values",
+            "/api/metrics/query",
+            "/api/metrics/query_range",
+            "/api/echo",
         ] {
             assert_eq!(scope(Tempo, Method::GET, p), Some(TracesRead), "{p}");
             let prefixed = format!("/tempo{p}");
             let r = m(Tempo, Method::GET, &prefixed).unwrap();
             assert_eq!((r.0, r.1.as_str(), r.2), (Some(TracesRead), p, false));
         }
-        assert_eq!(scope(Tempo, Method::POST, "/tempopb.StreamingQuerier/Search"), Some(TracesRead));
-        for p in ["/v1/traces", "/otlp/v1/traces", "/opentelemetry.proto.collector.trace.v1.TraceService/Export"] {
+        assert_eq!(
+            scope(Tempo, Method::POST, "/tempopb.StreamingQuerier/Search"),
+            Some(TracesRead)
+        );
+        for p in [
+            "/v1/traces",
+            "/otlp/v1/traces",
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        ] {
             assert_eq!(scope(Tempo, Method::POST, p), Some(TracesWrite), "{p}");
-            assert_eq!(scope(Tempo, Method::POST, &format!("/tempo{p}")), Some(TracesWrite), "{p}");
+            assert_eq!(
+                scope(Tempo, Method::POST, &format!("/tempo{p}")),
+                Some(TracesWrite),
+                "{p}"
+            );
         }
         assert_eq!(m(Tempo, Method::GET, "/api/traces/"), None);
         assert_eq!(m(Tempo, Method::GET, "/tempox/api/echo"), None);
@@ -424,11 +631,31 @@ mod tests {
 
     #[test]
     fn pyroscope_table() {
-        for p in ["/ingest", "/pyroscope/ingest", "/push.v1.PusherService/Push"] {
-            assert_eq!(scope(Pyroscope, Method::POST, p), Some(ProfilesWrite), "{p}");
+        for p in [
+            "/ingest",
+            "/pyroscope/ingest",
+            "/push.v1.PusherService/Push",
+        ] {
+            assert_eq!(
+                scope(Pyroscope, Method::POST, p),
+                Some(ProfilesWrite),
+                "{p}"
+            );
         }
-        assert_eq!(scope(Pyroscope, Method::POST, "/querier.v1.QuerierService/SelectMergeStacktraces"), Some(ProfilesRead));
-        for p in ["/pyroscope/render", "/pyroscope/render-diff", "/pyroscope/labels", "/pyroscope/label-values"] {
+        assert_eq!(
+            scope(
+                Pyroscope,
+                Method::POST,
+                "/querier.v1.QuerierService/SelectMergeStacktraces"
+            ),
+            Some(ProfilesRead)
+        );
+        for p in [
+            "/pyroscope/render",
+            "/pyroscope/render-diff",
+            "/pyroscope/labels",
+            "/pyroscope/label-values",
+        ] {
             assert_eq!(scope(Pyroscope, Method::GET, p), Some(ProfilesRead), "{p}");
         }
         assert_eq!(m(Pyroscope, Method::GET, "/pyroscope/other"), None);
@@ -465,10 +692,33 @@ mod tests {
         let b = &cfg.backends;
         let r = match_route(b, None, &Method::GET, "/prometheus/api/v1/rules").unwrap();
         assert_eq!(r.slot, BackendSlot::Metrics);
-        let r = match_route(b, Some(BackendSlot::Logs), &Method::GET, "/prometheus/api/v1/rules").unwrap();
+        let r = match_route(
+            b,
+            Some(BackendSlot::Logs),
+            &Method::GET,
+            "/prometheus/api/v1/rules",
+        )
+        .unwrap();
         assert_eq!(r.slot, BackendSlot::Logs);
-        assert_eq!(match_route(b, None, &Method::GET, "/loki/api/v1/query").unwrap().slot, BackendSlot::Logs);
-        assert_eq!(match_route(b, Some(BackendSlot::Metrics), &Method::GET, "/loki/api/v1/query"), None);
-        assert_eq!(match_route(b, None, &Method::POST, "/ingest"), None, "profiles backend absent");
+        assert_eq!(
+            match_route(b, None, &Method::GET, "/loki/api/v1/query")
+                .unwrap()
+                .slot,
+            BackendSlot::Logs
+        );
+        assert_eq!(
+            match_route(
+                b,
+                Some(BackendSlot::Metrics),
+                &Method::GET,
+                "/loki/api/v1/query"
+            ),
+            None
+        );
+        assert_eq!(
+            match_route(b, None, &Method::POST, "/ingest"),
+            None,
+            "profiles backend absent"
+        );
     }
 }

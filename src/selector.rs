@@ -51,7 +51,12 @@ impl Matcher {
             ),
             _ => None,
         };
-        Ok(Matcher { name: name.to_string(), op, value: value.to_string(), re })
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            re,
+        })
     }
 
     /// Whether a label value (empty when the label is absent) satisfies the matcher.
@@ -83,7 +88,9 @@ pub struct Selector {
 impl Selector {
     /// Whether a label set satisfies every matcher (absent labels read as "").
     pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.matchers.iter().all(|m| m.matches(get(&m.name).unwrap_or("")))
+        self.matchers
+            .iter()
+            .all(|m| m.matches(get(&m.name).unwrap_or("")))
     }
 }
 
@@ -158,7 +165,9 @@ impl RawSelector {
                         "RE" => MatchOp::Re,
                         "NRE" => MatchOp::Nre,
                         other => {
-                            return Err(format!("unknown matcher type {other:?}: expected EQ, NEQ, RE or NRE"));
+                            return Err(format!(
+                                "unknown matcher type {other:?}: expected EQ, NEQ, RE or NRE"
+                            ));
                         }
                     };
                     matchers.push(Matcher::new(&m.name, op, &m.value)?);
@@ -171,10 +180,16 @@ impl RawSelector {
 
 /// Parses PromQL selector text: `{a="b", c=~"d"}` or `metric{…}` or a bare `metric`.
 pub fn parse_selector(text: &str) -> Result<Selector, String> {
-    let mut p = Parser { s: text.as_bytes(), i: 0, text };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+        text,
+    };
     p.ws();
     let mut matchers = Vec::new();
-    if p.peek().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b':') {
+    if p.peek()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b':')
+    {
         let name = p.ident(true)?;
         matchers.push(Matcher::new("__name__", MatchOp::Eq, name).map_err(|e| p.err(&e))?);
         p.ws();
@@ -222,7 +237,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, msg: &str) -> String {
-        format!("invalid selector {:?} at offset {}: {msg}", self.text, self.i)
+        format!(
+            "invalid selector {:?} at offset {}: {msg}",
+            self.text, self.i
+        )
     }
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
@@ -260,7 +278,9 @@ impl<'a> Parser<'a> {
     }
     /// A Go/PromQL string literal: "…" or '…' with escapes, or `raw`.
     fn string(&mut self) -> Result<String, String> {
-        let q = self.peek().ok_or_else(|| self.err("expected a quoted string"))?;
+        let q = self
+            .peek()
+            .ok_or_else(|| self.err("expected a quoted string"))?;
         if !matches!(q, b'"' | b'\'' | b'`') {
             return Err(self.err("expected a quoted string"));
         }
@@ -268,7 +288,10 @@ impl<'a> Parser<'a> {
         let mut out = String::new();
         loop {
             let rest = &self.text[self.i..];
-            let c = rest.chars().next().ok_or_else(|| self.err("unterminated string"))?;
+            let c = rest
+                .chars()
+                .next()
+                .ok_or_else(|| self.err("unterminated string"))?;
             self.i += c.len_utf8();
             if c as u32 == q as u32 {
                 return Ok(out);
@@ -301,7 +324,10 @@ impl<'a> Parser<'a> {
                 b'u' => out.push(self.hex_char(4)?),
                 b'U' => out.push(self.hex_char(8)?),
                 b'0'..=b'7' => {
-                    let digits = self.s.get(self.i - 1..self.i + 2).ok_or_else(|| self.err("bad octal escape"))?;
+                    let digits = self
+                        .s
+                        .get(self.i - 1..self.i + 2)
+                        .ok_or_else(|| self.err("bad octal escape"))?;
                     let mut v: u32 = 0;
                     for d in digits {
                         if !(b'0'..=b'7').contains(d) {
@@ -310,14 +336,21 @@ impl<'a> Parser<'a> {
                         v = v * 8 + u32::from(d - b'0');
                     }
                     self.i += 2;
-                    out.push(char::from_u32(v).filter(|_| v < 256).ok_or_else(|| self.err("bad octal escape"))?);
+                    out.push(
+                        char::from_u32(v)
+                            .filter(|_| v < 256)
+                            .ok_or_else(|| self.err("bad octal escape"))?,
+                    );
                 }
                 _ => return Err(self.err("unknown escape sequence")),
             }
         }
     }
     fn hex_char(&mut self, n: usize) -> Result<char, String> {
-        let digits = self.text.get(self.i..self.i + n).ok_or_else(|| self.err("short escape"))?;
+        let digits = self
+            .text
+            .get(self.i..self.i + n)
+            .ok_or_else(|| self.err("short escape"))?;
         let v = u32::from_str_radix(digits, 16).map_err(|_| self.err("bad hex escape"))?;
         self.i += n;
         char::from_u32(v).ok_or_else(|| self.err("escape is not a valid character"))
@@ -330,7 +363,10 @@ pub fn path_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
     for &b in s.as_bytes() {
         let keep = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~' | b'$' | b'&' | b'+' | b':' | b'=' | b'@');
+            || matches!(
+                b,
+                b'-' | b'_' | b'.' | b'~' | b'$' | b'&' | b'+' | b':' | b'=' | b'@'
+            );
         if keep {
             out.push(b as char);
         } else {
@@ -360,8 +396,17 @@ mod tests {
     #[test]
     fn rejects_bad_selectors() {
         for t in [
-            "", "{}", "{a}", "{a=b}", "{a=\"b\"", "{1a=\"b\"}", "{a==\"b\"}", "{a=\"b\"} x",
-            "{a=~\"(\"}", "{a=\"\\q\"}", "{a=\"b\" c=\"d\"}",
+            "",
+            "{}",
+            "{a}",
+            "{a=b}",
+            "{a=\"b\"",
+            "{1a=\"b\"}",
+            "{a==\"b\"}",
+            "{a=\"b\"} x",
+            "{a=~\"(\"}",
+            "{a=\"\\q\"}",
+            "{a=\"b\" c=\"d\"}",
         ] {
             assert!(parse_selector(t).is_err(), "{t:?} should be rejected");
         }
@@ -370,13 +415,29 @@ mod tests {
     #[test]
     fn gem_matcher_lists_compile() {
         let raw = RawSelector::List(vec![
-            RawMatcher { kind: "EQ".into(), name: "env".into(), value: "prod".into() },
-            RawMatcher { kind: "NE".into(), name: "team".into(), value: "x".into() },
-            RawMatcher { kind: "NRE".into(), name: "ns".into(), value: "kube-.*".into() },
+            RawMatcher {
+                kind: "EQ".into(),
+                name: "env".into(),
+                value: "prod".into(),
+            },
+            RawMatcher {
+                kind: "NE".into(),
+                name: "team".into(),
+                value: "x".into(),
+            },
+            RawMatcher {
+                kind: "NRE".into(),
+                name: "ns".into(),
+                value: "kube-.*".into(),
+            },
         ]);
         let s = raw.compile().unwrap();
         assert_eq!(s.to_string(), r#"{env="prod", team!="x", ns!~"kube-.*"}"#);
-        let bad = RawSelector::List(vec![RawMatcher { kind: "LIKE".into(), name: "a".into(), value: "b".into() }]);
+        let bad = RawSelector::List(vec![RawMatcher {
+            kind: "LIKE".into(),
+            name: "a".into(),
+            value: "b".into(),
+        }]);
         assert!(bad.compile().unwrap_err().contains("unknown matcher type"));
     }
 

@@ -206,7 +206,12 @@ pub fn random_alnum(n: usize) -> Result<String, getrandom::Error> {
 }
 
 /// Mints a `glc_` token for access policy `policy`, token name `name`.
-pub fn mint_glc(org: &str, policy: &str, name: &str, region: &str) -> Result<String, getrandom::Error> {
+pub fn mint_glc(
+    org: &str,
+    policy: &str,
+    name: &str,
+    region: &str,
+) -> Result<String, getrandom::Error> {
     let secret = random_alnum(40)?;
     let payload = serde_json::json!({
         "o": org,
@@ -232,7 +237,10 @@ mod tests {
     use super::*;
 
     fn glc_of(json: &str) -> String {
-        format!("glc_{}", base64::engine::general_purpose::STANDARD.encode(json))
+        format!(
+            "glc_{}",
+            base64::engine::general_purpose::STANDARD.encode(json)
+        )
     }
 
     #[test]
@@ -276,7 +284,10 @@ mod tests {
         // big-endian hex must NOT validate (unless palindromic, which this is not)
         let be = hex(&crc.to_be_bytes());
         assert_ne!(be, hex(&crc.to_le_bytes()));
-        assert_eq!(parse(&format!("glsa_{secret}_{be}")), Err(Malformed::GlsaChecksum));
+        assert_eq!(
+            parse(&format!("glsa_{secret}_{be}")),
+            Err(Malformed::GlsaChecksum)
+        );
     }
 
     #[test]
@@ -289,14 +300,27 @@ mod tests {
         bad.push(if last == '0' { '1' } else { '0' });
         assert_eq!(parse(&bad), Err(Malformed::GlsaChecksum));
         // uppercase hex is not the format
-        let upper = format!("{}{}", &good[..good.len() - 8], good[good.len() - 8..].to_uppercase());
+        let upper = format!(
+            "{}{}",
+            &good[..good.len() - 8],
+            good[good.len() - 8..].to_uppercase()
+        );
         if upper != good {
             assert_eq!(parse(&upper), Err(Malformed::GlsaShape));
         }
         assert_eq!(parse("glsa_short_00000000"), Err(Malformed::GlsaShape));
-        assert_eq!(parse(&format!("glsa_{}-00000000", "a".repeat(32))), Err(Malformed::GlsaShape));
-        assert_eq!(parse(&format!("glsa_{}_0000000g", "a".repeat(32))), Err(Malformed::GlsaShape));
-        assert_eq!(parse(&format!("glsa_{}_00000000", "a".repeat(31) + "-")), Err(Malformed::GlsaShape));
+        assert_eq!(
+            parse(&format!("glsa_{}-00000000", "a".repeat(32))),
+            Err(Malformed::GlsaShape)
+        );
+        assert_eq!(
+            parse(&format!("glsa_{}_0000000g", "a".repeat(32))),
+            Err(Malformed::GlsaShape)
+        );
+        assert_eq!(
+            parse(&format!("glsa_{}_00000000", "a".repeat(31) + "-")),
+            Err(Malformed::GlsaShape)
+        );
         assert_eq!(parse(&format!("{good}0")), Err(Malformed::GlsaShape));
     }
 
@@ -332,7 +356,9 @@ mod tests {
         let b = mint_glc("1", "pol", "tok", "local").unwrap();
         assert_ne!(a, b);
         assert_eq!(parse(&a), Ok(TokenKind::Glc));
-        let json = base64::engine::general_purpose::STANDARD.decode(&a[4..]).unwrap();
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(&a[4..])
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["n"], "pol-tok");
         let k = v["k"].as_str().unwrap();

@@ -22,16 +22,26 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn prometheus_binary() -> Option<String> {
-    let found = Command::new("prometheus").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let found = Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     match found {
         Ok(s) if s.success() => Some("prometheus".to_string()),
         _ => {
             if std::env::var("OBSGATE_E2E").as_deref() == Ok("1") {
-                panic!("OBSGATE_E2E=1 but `prometheus` is not installed (apt-get install -y prometheus)");
+                panic!(
+                    "OBSGATE_E2E=1 but `prometheus` is not installed (apt-get install -y prometheus)"
+                );
             }
             eprintln!("skipping: `prometheus` is not installed (apt-get install -y prometheus)");
             None
@@ -42,7 +52,12 @@ fn prometheus_binary() -> Option<String> {
 fn spawn(bin: &str, args: &[String], log: &std::path::Path, name: &'static str) -> Proc {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
-    let child = Command::new(bin).args(args).stdout(out).stderr(err).spawn().unwrap();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
     let _ = name;
     Proc(child)
 }
@@ -60,7 +75,9 @@ async fn wait_http(addr: std::net::SocketAddr, path: &str) {
 
 #[tokio::test]
 async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() {
-    let Some(prom) = prometheus_binary() else { return };
+    let Some(prom) = prometheus_binary() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (recv_port, agent_port, gw_port) = (free_port(), free_port(), free_port());
@@ -100,7 +117,11 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     .unwrap();
     let _gw = spawn(
         env!("CARGO_BIN_EXE_obsgate"),
-        &["serve".into(), "--config".into(), d.join("gateway.yaml").display().to_string()],
+        &[
+            "serve".into(),
+            "--config".into(),
+            d.join("gateway.yaml").display().to_string(),
+        ],
         &d.join("obsgate.log"),
         "obsgate",
     );
@@ -114,7 +135,11 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     )
     .unwrap();
     let gw_addr: std::net::SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
-    wait_http(format!("127.0.0.1:{recv_port}").parse().unwrap(), "/-/ready").await;
+    wait_http(
+        format!("127.0.0.1:{recv_port}").parse().unwrap(),
+        "/-/ready",
+    )
+    .await;
     wait_http(gw_addr, "/ready").await;
     let _agent = spawn(
         &prom,
@@ -136,7 +161,11 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     while std::time::Instant::now() < deadline {
         let r = send(&client(), get(gw_addr, q, Some(&basic("e2e", &reader)))).await;
         last = String::from_utf8_lossy(&r.body).to_string();
-        if r.status == 200 && r.json()["data"]["result"].as_array().is_some_and(|a| !a.is_empty()) {
+        if r.status == 200
+            && r.json()["data"]["result"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        {
             found = Some(());
             break;
         }
@@ -144,7 +173,10 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     }
     if found.is_none() {
         for f in ["obsgate.log", "agent.log", "recv.log"] {
-            eprintln!("--- {f}\n{}", std::fs::read_to_string(d.join(f)).unwrap_or_default());
+            eprintln!(
+                "--- {f}\n{}",
+                std::fs::read_to_string(d.join(f)).unwrap_or_default()
+            );
         }
         panic!("no samples came back through obsgate; last answer: {last}");
     }
@@ -157,20 +189,35 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     let m = send(&client(), get(gw_addr, "/metrics", None)).await;
     let text = String::from_utf8_lossy(&m.body);
     assert!(
-        text.lines().any(|l| l.starts_with(r#"obsgate_requests_total{backend="metrics",code="204",route="/api/v1/push"}"#)
-            || l.starts_with(r#"obsgate_requests_total{backend="metrics",code="200",route="/api/v1/push"}"#)),
+        text.lines().any(|l| l.starts_with(
+            r#"obsgate_requests_total{backend="metrics",code="204",route="/api/v1/push"}"#
+        ) || l.starts_with(
+            r#"obsgate_requests_total{backend="metrics",code="200",route="/api/v1/push"}"#
+        )),
         "{text}"
     );
 
     // a token without metrics:write is refused, and nothing without credentials gets in
-    let r = send(&client(), post(gw_addr, "/api/v1/push", Some(&basic("e2e", &reader)), "x")).await;
+    let r = send(
+        &client(),
+        post(gw_addr, "/api/v1/push", Some(&basic("e2e", &reader)), "x"),
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert!(r.error().contains("metrics:write"));
     assert_eq!(send(&client(), get(gw_addr, q, None)).await.status, 401);
     // a query with the writer's token for a tenant it does not have: 401 (unknown tenant)
-    assert_eq!(send(&client(), get(gw_addr, q, Some(&basic("other", &writer)))).await.status, 401);
+    assert_eq!(
+        send(&client(), get(gw_addr, q, Some(&basic("other", &writer))))
+            .await
+            .status,
+        401
+    );
 
     // no token text in obsgate's own log
     let log = std::fs::read_to_string(d.join("obsgate.log")).unwrap();
-    assert!(!log.contains(&writer) && !log.contains(&reader), "tokens leaked into the log");
+    assert!(
+        !log.contains(&writer) && !log.contains(&reader),
+        "tokens leaked into the log"
+    );
 }

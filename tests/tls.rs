@@ -30,7 +30,10 @@ fn pki() -> Pki {
         .signed_by(&skey, &ca)
         .unwrap();
     let ckey = KeyPair::generate().unwrap();
-    let ccert = CertificateParams::new(vec!["client.test".to_string()]).unwrap().signed_by(&ckey, &ca).unwrap();
+    let ccert = CertificateParams::new(vec!["client.test".to_string()])
+        .unwrap()
+        .signed_by(&ckey, &ca)
+        .unwrap();
     Pki {
         ca_pem: ca.pem(),
         server_cert: scert.pem(),
@@ -45,12 +48,16 @@ fn connector(p: &Pki, alpn: &[&[u8]], with_client_cert: bool) -> tokio_rustls::T
     for c in CertificateDer::pem_slice_iter(p.ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
     let mut cfg = if with_client_cert {
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(p.client_cert.as_bytes()).map(Result::unwrap).collect();
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(p.client_cert.as_bytes())
+            .map(Result::unwrap)
+            .collect();
         let key = PrivateKeyDer::from_pem_slice(p.client_key.as_bytes()).unwrap();
         b.with_client_auth_cert(certs, key).unwrap()
     } else {
@@ -66,31 +73,53 @@ async fn tls_request(
     conn: tokio_rustls::TlsConnector,
     auth: &str,
 ) -> Result<(Option<Vec<u8>>, StatusCode), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = conn.connect(ServerName::try_from("localhost").unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = conn
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     let alpn = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
-    let req = Request::get(format!("https://localhost:{}/prometheus/api/v1/query?query=up", addr.port()))
-        .header("authorization", auth)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = Request::get(format!(
+        "https://localhost:{}/prometheus/api/v1/query?query=up",
+        addr.port()
+    ))
+    .header("authorization", auth)
+    .body(Full::new(Bytes::new()))
+    .unwrap();
     let status = if alpn.as_deref() == Some(b"h2") {
-        let (mut s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        let (mut s, c) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(c);
+        s.send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
+    } else {
+        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(c);
-        s.send_request(req).await.map_err(|e| e.to_string())?.status()
-    } else {
-        let (mut s, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(c);
         let mut req = req;
-        req.headers_mut().insert("host", "localhost".parse().unwrap());
-        s.send_request(req).await.map_err(|e| e.to_string())?.status()
+        req.headers_mut()
+            .insert("host", "localhost".parse().unwrap());
+        s.send_request(req)
+            .await
+            .map_err(|e| e.to_string())?
+            .status()
     };
     Ok((alpn, status))
 }
 
 fn tls_setup(p: &Pki, backend_url: &str, backend_extra: &str, client_ca: bool) -> Setup {
-    let ca_line = if client_ca { "    client_ca_file: ca.pem\n" } else { "" };
+    let ca_line = if client_ca {
+        "    client_ca_file: ca.pem\n"
+    } else {
+        ""
+    };
     let yaml = gateway_yaml(&backend("metrics", "mimir", backend_url, backend_extra), "").replace(
         "  shutdown_grace: 10s\n",
         &format!("  shutdown_grace: 10s\n  tls:\n    cert_file: gw.pem\n    key_file: gw-key.pem\n{ca_line}"),
@@ -109,16 +138,44 @@ async fn tls_negotiates_h2_and_http1_via_alpn() {
     let s = tls_setup(&p, &up.url(), "", false);
     let gw = s.start().await;
     let auth = basic("team-a", &tok("rw"));
-    let (alpn, status) = tls_request(gw.shared_addr(), connector(&p, &[b"h2", b"http/1.1"], false), &auth).await.unwrap();
-    assert_eq!((alpn.as_deref(), status), (Some(&b"h2"[..]), StatusCode::OK));
-    let (alpn, status) = tls_request(gw.shared_addr(), connector(&p, &[b"http/1.1"], false), &auth).await.unwrap();
-    assert_eq!((alpn.as_deref(), status), (Some(&b"http/1.1"[..]), StatusCode::OK));
-    let (_, status) = tls_request(gw.shared_addr(), connector(&p, &[b"h2"], false), "Bearer glc_x").await.unwrap();
+    let (alpn, status) = tls_request(
+        gw.shared_addr(),
+        connector(&p, &[b"h2", b"http/1.1"], false),
+        &auth,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (alpn.as_deref(), status),
+        (Some(&b"h2"[..]), StatusCode::OK)
+    );
+    let (alpn, status) = tls_request(
+        gw.shared_addr(),
+        connector(&p, &[b"http/1.1"], false),
+        &auth,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (alpn.as_deref(), status),
+        (Some(&b"http/1.1"[..]), StatusCode::OK)
+    );
+    let (_, status) = tls_request(
+        gw.shared_addr(),
+        connector(&p, &[b"h2"], false),
+        "Bearer glc_x",
+    )
+    .await
+    .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // plain HTTP on a TLS listener gets nothing through
     let plain = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        client().request(get(gw.shared_addr(), "/prometheus/api/v1/query?query=up", Some(&auth))),
+        client().request(get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=up",
+            Some(&auth),
+        )),
     )
     .await
     .unwrap();
@@ -134,7 +191,9 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     let s = tls_setup(&p, &up.url(), "", true);
     let gw = s.start().await;
     let auth = basic("team-a", &tok("rw"));
-    let ok = tls_request(gw.shared_addr(), connector(&p, &[b"h2"], true), &auth).await.unwrap();
+    let ok = tls_request(gw.shared_addr(), connector(&p, &[b"h2"], true), &auth)
+        .await
+        .unwrap();
     assert_eq!(ok.1, StatusCode::OK);
     let refused = tls_request(gw.shared_addr(), connector(&p, &[b"h2"], false), &auth).await;
     assert!(refused.is_err(), "no client certificate: {refused:?}");
@@ -154,15 +213,19 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
 async fn https_backend_is_verified_with_ca_file() {
     let p = pki();
     // a TLS upstream answering 200 "tls-ok"
-    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            CertificateDer::pem_slice_iter(p.server_cert.as_bytes()).map(Result::unwrap).collect(),
-            PrivateKeyDer::from_pem_slice(p.server_key.as_bytes()).unwrap(),
-        )
-        .unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        CertificateDer::pem_slice_iter(p.server_cert.as_bytes())
+            .map(Result::unwrap)
+            .collect(),
+        PrivateKeyDer::from_pem_slice(p.server_key.as_bytes()).unwrap(),
+    )
+    .unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -174,12 +237,21 @@ async fn https_backend_is_verified_with_ca_file() {
             let acceptor = acceptor.clone();
             let seen = seen2.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     seen.lock().unwrap().push(
-                        req.headers().get("x-scope-orgid").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default(),
+                        req.headers()
+                            .get("x-scope-orgid")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default(),
                     );
-                    async { Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"tls-ok")))) }
+                    async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"tls-ok"),
+                        )))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -188,19 +260,44 @@ async fn https_backend_is_verified_with_ca_file() {
         }
     });
     let url = format!("https://localhost:{port}");
-    let s = Setup::new(&gateway_yaml(&backend("metrics", "mimir", &url, "    ca_file: ca.pem\n"), ""), &policies());
+    let s = Setup::new(
+        &gateway_yaml(
+            &backend("metrics", "mimir", &url, "    ca_file: ca.pem\n"),
+            "",
+        ),
+        &policies(),
+    );
     std::fs::write(s.path("ca.pem"), &p.ca_pem).unwrap();
     let gw = s.start().await;
-    let r = send(&client(), get(gw.shared_addr(), "/prometheus/api/v1/query?query=up", Some(&basic("team-a", &tok("rw"))))).await;
+    let r = send(
+        &client(),
+        get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=up",
+            Some(&basic("team-a", &tok("rw"))),
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"tls-ok");
     assert_eq!(seen.lock().unwrap().as_slice(), ["team-a"]);
     gw.shutdown().await;
 
     // without the CA the backend's certificate is not trusted: 502, nothing forwarded
-    let s = Setup::new(&gateway_yaml(&backend("metrics", "mimir", &url, ""), ""), &policies());
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &url, ""), ""),
+        &policies(),
+    );
     let gw = s.start().await;
-    let r = send(&client(), get(gw.shared_addr(), "/prometheus/api/v1/query?query=up", Some(&basic("team-a", &tok("rw"))))).await;
+    let r = send(
+        &client(),
+        get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=up",
+            Some(&basic("team-a", &tok("rw"))),
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(seen.lock().unwrap().len(), 1);
     gw.shutdown().await;

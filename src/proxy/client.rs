@@ -4,8 +4,8 @@
 use super::Body;
 use crate::config::Backend;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
@@ -51,6 +51,10 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(h2);
-        Ok(Upstream { backend: backend.clone(), http1, http2 })
+        Ok(Upstream {
+            backend: backend.clone(),
+            http1,
+            http2,
+        })
     }
 }

@@ -53,10 +53,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// Cleans the forwarded request. For an upgrade, `Connection: upgrade` and `Upgrade` are kept
 /// (they are the request's point); for gRPC, `TE: trailers` is kept (HTTP/2 needs it).
 pub fn clean_request(h: &mut HeaderMap, upgrade: bool, grpc: bool) {
-    let upgrade_value = if upgrade { h.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if upgrade {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let te_trailers = grpc
         && h.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
         });
     strip_hop_by_hop(h);
     for name in GATEWAY_OWNED {
@@ -73,7 +80,11 @@ pub fn clean_request(h: &mut HeaderMap, upgrade: bool, grpc: bool) {
 
 /// Cleans the backend's response. A 101 keeps `Connection`/`Upgrade` for the client.
 pub fn clean_response(h: &mut HeaderMap, switching: bool) {
-    let upgrade_value = if switching { h.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if switching {
+        h.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(h);
     if let Some(u) = upgrade_value {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -92,7 +103,11 @@ pub fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let value = if prior.is_empty() { ip.to_string() } else { format!("{}, {ip}", prior.join(", ")) };
+    let value = if prior.is_empty() {
+        ip.to_string()
+    } else {
+        format!("{}, {ip}", prior.join(", "))
+    };
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert("x-forwarded-for", v);
     }
@@ -102,10 +117,10 @@ pub fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
 pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
         }
         if err.to_string().contains("timed out") {
             return true;
@@ -134,7 +149,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -162,13 +180,20 @@ mod tests {
 
     #[test]
     fn upgrade_and_grpc_keep_what_they_need() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("authorization", "x")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("authorization", "x"),
+        ]);
         assert!(is_upgrade(&h));
         clean_request(&mut h, true, false);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert!(h.get("authorization").is_none());
-        let mut g = map(&[("te", "trailers"), ("content-type", "application/grpc+proto")]);
+        let mut g = map(&[
+            ("te", "trailers"),
+            ("content-type", "application/grpc+proto"),
+        ]);
         assert!(is_grpc(&g));
         clean_request(&mut g, false, true);
         assert_eq!(g.get("te").unwrap(), "trailers");
@@ -176,9 +201,15 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
         append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 127.0.0.1"
+        );
         let mut e = HeaderMap::new();
         append_forwarded_for(&mut e, "::ffff:10.0.0.1".parse().unwrap());
         assert_eq!(e.get("x-forwarded-for").unwrap(), "10.0.0.1");

@@ -21,8 +21,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,7 +30,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn incoming(b: Incoming) -> Body {
@@ -56,12 +58,22 @@ fn slot_index(s: BackendSlot) -> usize {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Gateway, String> {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Gateway, String> {
         let mut upstreams: [Option<client::Upstream>; 4] = [None, None, None, None];
         for b in config.backends.iter() {
             upstreams[slot_index(b.slot)] = Some(client::Upstream::new(b)?);
         }
-        Ok(Gateway { config, store, metrics, upstreams, ready: AtomicBool::new(false) })
+        Ok(Gateway {
+            config,
+            store,
+            metrics,
+            upstreams,
+            ready: AtomicBool::new(false),
+        })
     }
 
     fn upstream(&self, s: BackendSlot) -> Option<&client::Upstream> {
@@ -73,8 +85,14 @@ impl Gateway {
 #[derive(Debug)]
 pub enum Failure {
     NotFound(String),
-    Unauthorized { reason: &'static str, message: String },
-    Forbidden { reason: &'static str, message: String },
+    Unauthorized {
+        reason: &'static str,
+        message: String,
+    },
+    Forbidden {
+        reason: &'static str,
+        message: String,
+    },
     BadRequest(String),
     BadGateway(String),
     GatewayTimeout(String),
@@ -105,7 +123,10 @@ impl Failure {
 
     fn message(&self) -> &str {
         match self {
-            Failure::NotFound(m) | Failure::BadRequest(m) | Failure::BadGateway(m) | Failure::GatewayTimeout(m) => m,
+            Failure::NotFound(m)
+            | Failure::BadRequest(m)
+            | Failure::BadGateway(m)
+            | Failure::GatewayTimeout(m) => m,
             Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
         }
     }
@@ -117,13 +138,20 @@ impl Failure {
 }
 
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message}).to_string();
+    let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message})
+        .to_string();
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if status == StatusCode::UNAUTHORIZED {
-        h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"obsgate\""));
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"obsgate\""),
+        );
     }
     r
 }
@@ -137,7 +165,12 @@ struct AuditCtx {
 }
 
 /// Entry point for every request on every listener.
-pub async fn handle(gw: Arc<Gateway>, only: Option<BackendSlot>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    only: Option<BackendSlot>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     if let Some(r) = own_endpoint(&gw, &req) {
         return r;
@@ -145,28 +178,36 @@ pub async fn handle(gw: Arc<Gateway>, only: Option<BackendSlot>, peer: SocketAdd
     gw.metrics.inflight.inc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (slot_label, route_label, resp) = match route::match_route(&gw.config.backends, only, &method, &path) {
-        None => {
-            let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
-            ("none", "unmatched", r)
-        }
-        Some(route) => {
-            let slot = route.slot;
-            let name = route.name;
-            let mut audit = AuditCtx::default();
-            let r = match authorize_and_forward(&gw, route, peer, req, &mut audit, start).await {
-                Ok(r) => r,
-                Err(f) => {
-                    log_denial(&gw, &f, peer, name, &audit);
-                    f.into_response()
-                }
-            };
-            (slot.as_str(), name, r)
-        }
-    };
+    let (slot_label, route_label, resp) =
+        match route::match_route(&gw.config.backends, only, &method, &path) {
+            None => {
+                let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
+                ("none", "unmatched", r)
+            }
+            Some(route) => {
+                let slot = route.slot;
+                let name = route.name;
+                let mut audit = AuditCtx::default();
+                let r = match authorize_and_forward(&gw, route, peer, req, &mut audit, start).await
+                {
+                    Ok(r) => r,
+                    Err(f) => {
+                        log_denial(&gw, &f, peer, name, &audit);
+                        f.into_response()
+                    }
+                };
+                (slot.as_str(), name, r)
+            }
+        };
     let code = resp.status();
-    gw.metrics.requests.with_label_values(&[slot_label, route_label, code.as_str()]).inc();
-    gw.metrics.request_duration.with_label_values(&[slot_label]).observe(start.elapsed().as_secs_f64());
+    gw.metrics
+        .requests
+        .with_label_values(&[slot_label, route_label, code.as_str()])
+        .inc();
+    gw.metrics
+        .request_duration
+        .with_label_values(&[slot_label])
+        .observe(start.elapsed().as_secs_f64());
     gw.metrics.inflight.dec();
     resp
 }
@@ -179,7 +220,10 @@ fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &Audi
         // upstream failures are not authorization decisions
         _ => return,
     };
-    gw.metrics.auth_decisions.with_label_values(&["deny", reason]).inc();
+    gw.metrics
+        .auth_decisions
+        .with_label_values(&["deny", reason])
+        .inc();
     tracing::info!(
         target: "obsgate::audit",
         token = a.identity.as_ref().map(|i| i.token_name.as_str()).unwrap_or("-"),
@@ -201,7 +245,10 @@ fn own_endpoint(gw: &Gateway, req: &Request<Incoming>) -> Option<Response<Body>>
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(full(body));
         *r.status_mut() = status;
-        r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         r
     };
     match req.uri().path() {
@@ -224,11 +271,17 @@ fn own_endpoint(gw: &Gateway, req: &Request<Incoming>) -> Option<Response<Body>>
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn unauthorized(reason: &'static str, message: impl Into<String>) -> Failure {
-    Failure::Unauthorized { reason, message: message.into() }
+    Failure::Unauthorized {
+        reason,
+        message: message.into(),
+    }
 }
 
 async fn authorize_and_forward(
@@ -239,10 +292,15 @@ async fn authorize_and_forward(
     audit: &mut AuditCtx,
     start: Instant,
 ) -> Result<Response<Body>, Failure> {
-    let client_ip: IpAddr = auth::client_ip(peer.ip(), req.headers(), &gw.config.client_ip.trusted_proxies);
+    let client_ip: IpAddr = auth::client_ip(
+        peer.ip(),
+        req.headers(),
+        &gw.config.client_ip.trusted_proxies,
+    );
     audit.client_ip = Some(client_ip);
     let (org_id, label_values) = {
-        let creds = auth::credentials(req.headers()).map_err(|e| unauthorized(e.reason(), e.to_string()))?;
+        let creds = auth::credentials(req.headers())
+            .map_err(|e| unauthorized(e.reason(), e.to_string()))?;
         token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
         let hash = TokenHash::of(&creds.token);
         let snap = gw.store.snapshot();
@@ -251,7 +309,10 @@ async fn authorize_and_forward(
             .identify(&snap, &hash)
             .ok_or_else(|| unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE))?;
         audit.identity = Some(id.clone());
-        let org_hdr = req.headers().get("x-scope-orgid").and_then(|v| v.to_str().ok());
+        let org_hdr = req
+            .headers()
+            .get("x-scope-orgid")
+            .and_then(|v| v.to_str().ok());
         let facts = RequestFacts {
             scope: route.scope,
             label_policies_apply: route.label_policies,
@@ -263,12 +324,19 @@ async fn authorize_and_forward(
         let allow = match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
             Ok(a) => a,
             Err(d) => {
-                audit.tenant =
-                    creds.tenant.as_deref().or(org_hdr).or(id.default_tenant.as_deref()).map(str::to_string);
+                audit.tenant = creds
+                    .tenant
+                    .as_deref()
+                    .or(org_hdr)
+                    .or(id.default_tenant.as_deref())
+                    .map(str::to_string);
                 return Err(if d.status() == 401 {
                     unauthorized(d.reason.as_str(), d.message)
                 } else {
-                    Failure::Forbidden { reason: d.reason.as_str(), message: d.message }
+                    Failure::Forbidden {
+                        reason: d.reason.as_str(),
+                        message: d.message,
+                    }
                 });
             }
         };
@@ -276,11 +344,24 @@ async fn authorize_and_forward(
         let labels = label_policy_headers(gw, route.slot, &allow.label_policies)?;
         (allow.org_id, labels)
     };
-    gw.metrics.auth_decisions.with_label_values(&["allow", "ok"]).inc();
-    let upstream = gw
-        .upstream(route.slot)
-        .ok_or_else(|| Failure::NotFound(format!("backend {} is not configured", route.slot.as_str())))?;
-    forward(gw, upstream, &route, peer, req, &org_id, label_values, start).await
+    gw.metrics
+        .auth_decisions
+        .with_label_values(&["allow", "ok"])
+        .inc();
+    let upstream = gw.upstream(route.slot).ok_or_else(|| {
+        Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
+    })?;
+    forward(
+        gw,
+        upstream,
+        &route,
+        peer,
+        req,
+        &org_id,
+        label_values,
+        start,
+    )
+    .await
 }
 
 /// Enforces label policies for the restricted tenants of an allowed read: in header mode, one
@@ -295,17 +376,25 @@ fn label_policy_headers(
     if restricted.is_empty() {
         return Ok(values);
     }
-    let refuse = |message: &str| Failure::Forbidden { reason: "label_policy", message: message.to_string() };
+    let refuse = |message: &str| Failure::Forbidden {
+        reason: "label_policy",
+        message: message.to_string(),
+    };
     match gw.config.lbac {
         // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every series through.
-        LbacMode::Header if up_kind(gw, slot) == Some(crate::config::BackendKind::Prometheus) => Err(refuse(
-            "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control",
-        )),
+        LbacMode::Header if up_kind(gw, slot) == Some(crate::config::BackendKind::Prometheus) => {
+            Err(refuse(
+                "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control",
+            ))
+        }
         LbacMode::Header => {
             for (tenant, selectors) in restricted {
                 for s in selectors {
                     let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
-                    values.push(HeaderValue::from_str(&v).map_err(|_| refuse("label policy cannot be encoded"))?);
+                    values.push(
+                        HeaderValue::from_str(&v)
+                            .map_err(|_| refuse("label policy cannot be encoded"))?,
+                    );
                 }
             }
             Ok(values)
@@ -350,13 +439,18 @@ async fn forward(
 
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
-    parts.version = if grpc { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    parts.version = if grpc {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
     headers::clean_request(&mut parts.headers, upgrade, grpc);
     if grpc {
         // HTTP/2 carries the authority in the URI; a Host header would conflict with it
         parts.headers.remove(http::header::HOST);
     }
-    let org = HeaderValue::from_str(org_id).map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
+    let org = HeaderValue::from_str(org_id)
+        .map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
     parts.headers.insert("x-scope-orgid", org);
     for v in label_values {
         parts.headers.append("x-prom-label-policy", v);
@@ -367,17 +461,35 @@ async fn forward(
     let client = if grpc { &up.http2 } else { &up.http1 };
     let t0 = Instant::now();
     let result = tokio::time::timeout(b.timeout, client.request(out)).await;
-    gw.metrics.upstream_duration.with_label_values(&[backend]).observe(t0.elapsed().as_secs_f64());
+    gw.metrics
+        .upstream_duration
+        .with_label_values(&[backend])
+        .observe(t0.elapsed().as_secs_f64());
     let mut resp = match result {
         Err(_) => {
-            gw.metrics.upstream_errors.with_label_values(&[backend, "timeout"]).inc();
+            gw.metrics
+                .upstream_errors
+                .with_label_values(&[backend, "timeout"])
+                .inc();
             tracing::warn!(backend, route = route.name, timeout = ?b.timeout, "upstream timed out");
-            return Err(Failure::GatewayTimeout(format!("backend {backend} did not answer within {:?}", b.timeout)));
+            return Err(Failure::GatewayTimeout(format!(
+                "backend {backend} did not answer within {:?}",
+                b.timeout
+            )));
         }
         Ok(Err(e)) => {
             let timed_out = headers::is_timeout(&e);
-            let kind = if timed_out { "timeout" } else if e.is_connect() { "connect" } else { "other" };
-            gw.metrics.upstream_errors.with_label_values(&[backend, kind]).inc();
+            let kind = if timed_out {
+                "timeout"
+            } else if e.is_connect() {
+                "connect"
+            } else {
+                "other"
+            };
+            gw.metrics
+                .upstream_errors
+                .with_label_values(&[backend, kind])
+                .inc();
             tracing::warn!(backend, route = route.name, kind, error = %headers::error_chain(&e), "upstream request failed");
             return Err(if timed_out {
                 Failure::GatewayTimeout(format!("backend {backend} timed out"))

@@ -2,17 +2,17 @@
 //! ALPN over TLS) on one port, upgrades enabled, graceful shutdown that lets in-flight
 //! requests finish.
 
-use super::{handle, Gateway};
+use super::{Gateway, handle};
 use crate::config::{BackendSlot, Config};
-use crate::store::{watch, Store};
+use crate::store::{Store, watch};
 use crate::telemetry::Metrics;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
@@ -28,11 +28,18 @@ pub struct Running {
 
 impl Running {
     pub fn shared_addr(&self) -> SocketAddr {
-        self.listeners.iter().find(|(s, _)| s.is_none()).map(|(_, a)| *a).expect("the shared listener always exists")
+        self.listeners
+            .iter()
+            .find(|(s, _)| s.is_none())
+            .map(|(_, a)| *a)
+            .expect("the shared listener always exists")
     }
 
     pub fn addr_for(&self, slot: BackendSlot) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(s, _)| *s == Some(slot)).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(s, _)| *s == Some(slot))
+            .map(|(_, a)| *a)
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -53,7 +60,10 @@ pub enum StartError {
     #[error("{0}")]
     Policy(crate::diag::FileErrors),
     #[error("cannot listen on {addr}: {err}")]
-    Bind { addr: SocketAddr, err: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
     #[error("{0}")]
     Setup(String),
 }
@@ -76,11 +86,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     metrics.store_reloads.with_label_values(&["success"]).inc();
     tracing::info!(counts = %initial.counts(), "policy set loaded");
-    let store = Arc::new(Store::new(initial, config.cache.capacity, config.cache.ttl, metrics.clone()));
-    let gateway = Arc::new(Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?);
+    let store = Arc::new(Store::new(
+        initial,
+        config.cache.capacity,
+        config.cache.ttl,
+        metrics.clone(),
+    ));
+    let gateway = Arc::new(
+        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?,
+    );
 
     let tls = match &config.server.tls {
-        Some(t) => Some(tokio_rustls::TlsAcceptor::from(super::tls::server_config(t).map_err(StartError::Setup)?)),
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            super::tls::server_config(t).map_err(StartError::Setup)?,
+        )),
         None => None,
     };
 
@@ -95,8 +114,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let mut sockets = Vec::new();
     for (slot, addr) in binds {
-        let l = TcpListener::bind(addr).await.map_err(|err| StartError::Bind { addr, err })?;
-        let local = l.local_addr().map_err(|err| StartError::Bind { addr, err })?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|err| StartError::Bind { addr, err })?;
+        let local = l
+            .local_addr()
+            .map_err(|err| StartError::Bind { addr, err })?;
         listeners.push((slot, local));
         sockets.push((slot, l));
     }
@@ -121,7 +144,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rx.clone(),
     )));
     gateway.ready.store(true, Ordering::Release);
-    Ok(Running { listeners, gateway, shutdown: tx, tasks })
+    Ok(Running {
+        listeners,
+        gateway,
+        shutdown: tx,
+        tasks,
+    })
 }
 
 async fn accept_loop(
@@ -133,8 +161,15 @@ async fn accept_loop(
     grace: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
@@ -161,7 +196,9 @@ async fn accept_loop(
         match tls.clone() {
             None => {
                 tokio::spawn(async move {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
@@ -169,7 +206,12 @@ async fn accept_loop(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let tls_stream = match tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -180,7 +222,9 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
@@ -189,8 +233,17 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down: letting in-flight requests finish");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "shutdown grace period over; closing remaining connections");
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: letting in-flight requests finish"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; closing remaining connections"
+        );
     }
 }

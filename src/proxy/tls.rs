@@ -24,7 +24,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
     for c in read_certs(path)? {
-        roots.add(c).map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -40,16 +42,22 @@ pub fn server_config(cfg: &crate::config::TlsConfig) -> Result<Arc<rustls::Serve
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             roots_from(ca, &mut roots)?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .map_err(|e| format!("{}: client CA: {e}", ca.display()))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("{}: client CA: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: certificate and key do not fit: {e}", cfg.cert_file.display()))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "{}: certificate and key do not fit: {e}",
+            cfg.cert_file.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -4,7 +4,9 @@
 use super::{Snapshot, TokenOwner, TokenRecord};
 use crate::config::Cidr;
 use crate::diag::{FileError, FileErrors};
-use crate::policy::{valid_name, AccessPolicy, Realm, RealmTarget, Role, Scope, ServiceAccount, Status, Tenant};
+use crate::policy::{
+    AccessPolicy, Realm, RealmTarget, Role, Scope, ServiceAccount, Status, Tenant, valid_name,
+};
 use crate::selector::RawSelector;
 use crate::token::TokenHash;
 use serde::Deserialize;
@@ -172,13 +174,18 @@ pub fn load_files(paths: &[PathBuf], cluster: &str) -> Result<Snapshot, FileErro
     for p in paths {
         match std::fs::read_to_string(p) {
             Ok(t) => texts.push((p.clone(), t)),
-            Err(e) => errs.0.push(FileError::whole(p, format!("cannot read policy file: {e}"))),
+            Err(e) => errs
+                .0
+                .push(FileError::whole(p, format!("cannot read policy file: {e}"))),
         }
     }
     if !errs.0.is_empty() {
         return Err(FileErrors(errs.0));
     }
-    let refs: Vec<(&Path, &str)> = texts.iter().map(|(p, t)| (p.as_path(), t.as_str())).collect();
+    let refs: Vec<(&Path, &str)> = texts
+        .iter()
+        .map(|(p, t)| (p.as_path(), t.as_str()))
+        .collect();
     load_texts(&refs, cluster)
 }
 
@@ -203,23 +210,27 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
         for c in &f.clusters {
             let n = &c.value.name;
             if !valid_name(&n.value, 1, 64) {
-                errs.at(file, &n.referenced, format!("invalid cluster name {:?}: use 1-64 chars of [a-z0-9_-]", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!(
+                        "invalid cluster name {:?}: use 1-64 chars of [a-z0-9_-]",
+                        n.value
+                    ),
+                );
             } else if !cluster_defined.insert(n.value.clone()) {
-                errs.at(file, &n.referenced, format!("cluster {:?} is defined twice", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!("cluster {:?} is defined twice", n.value),
+                );
             }
             clusters.insert(n.value.clone());
         }
     }
-    let check_cluster = |errs: &mut Errs, file: &Path, c: &Option<Spanned<String>>| -> String {
-        match c {
-            Some(c) => {
-                if !clusters.contains(&c.value) {
-                    errs.at(file, &c.referenced, format!("unknown cluster {:?}", c.value));
-                }
-                c.value.clone()
-            }
-            None => cluster.to_string(),
-        }
+    let known = Clusters {
+        known: clusters,
+        own: cluster.to_string(),
     };
 
     // tenants
@@ -230,10 +241,17 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
             let n = &t.name;
             let _ = &t.display_name;
             if !valid_name(&n.value, 3, 64) {
-                errs.at(file, &n.referenced, format!("invalid tenant name {:?}: use 3-64 chars of [a-z0-9_-]", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!(
+                        "invalid tenant name {:?}: use 3-64 chars of [a-z0-9_-]",
+                        n.value
+                    ),
+                );
                 continue;
             }
-            let c = check_cluster(&mut errs, file, &t.cluster);
+            let c = known.resolve(&mut errs, file, &t.cluster);
             let tenant = Tenant {
                 name: n.value.clone(),
                 cluster: c,
@@ -242,7 +260,11 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                 stack: t.stack.clone(),
             };
             if tenants.insert(n.value.clone(), tenant).is_some() {
-                errs.at(file, &n.referenced, format!("tenant {:?} is defined twice", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!("tenant {:?} is defined twice", n.value),
+                );
             }
         }
     }
@@ -254,12 +276,26 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
             let p = &p.value;
             let n = &p.name;
             if !valid_name(&n.value, 3, 64) {
-                errs.at(file, &n.referenced, format!("invalid access policy name {:?}: use 3-64 chars of [a-z0-9_-]", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!(
+                        "invalid access policy name {:?}: use 3-64 chars of [a-z0-9_-]",
+                        n.value
+                    ),
+                );
                 continue;
             }
             let mut realms = Vec::with_capacity(p.realms.len());
             for r in &p.realms {
-                if let Some(realm) = build_realm(&mut errs, file, &r.referenced, &r.value, &tenants, &check_cluster) {
+                if let Some(realm) = build_realm(
+                    &mut errs,
+                    file,
+                    &r.referenced,
+                    &r.value,
+                    &tenants,
+                    &known,
+                ) {
                     realms.push(realm);
                 }
             }
@@ -269,10 +305,20 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                 status: p.status,
                 scopes: p.scopes.iter().copied().collect(),
                 realms: realms.into(),
-                allowed_subnets: p.conditions.allowed_subnets.iter().map(|c| c.0).collect::<Vec<_>>().into(),
+                allowed_subnets: p
+                    .conditions
+                    .allowed_subnets
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+                    .into(),
             };
             if policies.insert(n.value.clone(), Arc::new(policy)).is_some() {
-                errs.at(file, &n.referenced, format!("access policy {:?} is defined twice", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!("access policy {:?} is defined twice", n.value),
+                );
             }
         }
     }
@@ -285,19 +331,37 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
             let sa = &sa.value;
             let n = &sa.name;
             if n.value.is_empty() || n.value.len() > 255 || n.value.chars().any(char::is_control) {
-                errs.at(file, &n.referenced, format!("invalid service account name {:?}: use 1-255 printable characters", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!(
+                        "invalid service account name {:?}: use 1-255 printable characters",
+                        n.value
+                    ),
+                );
                 continue;
             }
-            if let Some(ap) = &sa.access_policy {
-                if !policies.contains_key(&ap.value) {
-                    errs.at(file, &ap.referenced, format!("unknown access policy {:?}", ap.value));
-                }
+            if let Some(ap) = &sa.access_policy
+                && !policies.contains_key(&ap.value)
+            {
+                errs.at(
+                    file,
+                    &ap.referenced,
+                    format!("unknown access policy {:?}", ap.value),
+                );
             }
             let org = match &sa.org {
                 Some(o) if !o.is_empty() => o.clone(),
                 _ if sa.access_policy.is_some() => String::new(),
                 _ => {
-                    errs.at(file, &loc, format!("service account {:?} needs an org (its realm) or an access_policy", n.value));
+                    errs.at(
+                        file,
+                        &loc,
+                        format!(
+                            "service account {:?} needs an org (its realm) or an access_policy",
+                            n.value
+                        ),
+                    );
                     String::new()
                 }
             };
@@ -309,7 +373,11 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                 access_policy: sa.access_policy.as_ref().map(|a| a.value.clone()),
             };
             if service_accounts.insert(n.value.clone(), acct).is_some() {
-                errs.at(file, &n.referenced, format!("service account {:?} is defined twice", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!("service account {:?} is defined twice", n.value),
+                );
             }
         }
     }
@@ -325,29 +393,55 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
             let n = &t.name;
             let mut ok = true;
             if !valid_name(&n.value, 1, 255) {
-                errs.at(file, &n.referenced, format!("invalid token name {:?}: use 1-255 chars of [a-z0-9_-]", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!(
+                        "invalid token name {:?}: use 1-255 chars of [a-z0-9_-]",
+                        n.value
+                    ),
+                );
                 ok = false;
             } else if !token_names.insert(n.value.clone()) {
-                errs.at(file, &n.referenced, format!("token {:?} is defined twice", n.value));
+                errs.at(
+                    file,
+                    &n.referenced,
+                    format!("token {:?} is defined twice", n.value),
+                );
                 ok = false;
             }
             let owner = match (&t.access_policy, &t.service_account) {
                 (Some(ap), None) => {
                     if !policies.contains_key(&ap.value) {
-                        errs.at(file, &ap.referenced, format!("unknown access policy {:?}", ap.value));
+                        errs.at(
+                            file,
+                            &ap.referenced,
+                            format!("unknown access policy {:?}", ap.value),
+                        );
                         ok = false;
                     }
                     TokenOwner::Policy(ap.value.clone())
                 }
                 (None, Some(sa)) => {
                     if !service_accounts.contains_key(&sa.value) {
-                        errs.at(file, &sa.referenced, format!("unknown service account {:?}", sa.value));
+                        errs.at(
+                            file,
+                            &sa.referenced,
+                            format!("unknown service account {:?}", sa.value),
+                        );
                         ok = false;
                     }
                     TokenOwner::ServiceAccount(sa.value.clone())
                 }
                 _ => {
-                    errs.at(file, &loc, format!("token {:?} needs exactly one of access_policy and service_account", n.value));
+                    errs.at(
+                        file,
+                        &loc,
+                        format!(
+                            "token {:?} needs exactly one of access_policy and service_account",
+                            n.value
+                        ),
+                    );
                     continue;
                 }
             };
@@ -359,7 +453,11 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                 }
             };
             if !hashes.insert(hash.0) {
-                errs.at(file, &t.hash.referenced, format!("token {:?} has the same hash as another token", n.value));
+                errs.at(
+                    file,
+                    &t.hash.referenced,
+                    format!("token {:?} has the same hash as another token", n.value),
+                );
                 ok = false;
             }
             let expires_at = match &t.expires_at {
@@ -374,7 +472,13 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                 None => None,
             };
             if ok {
-                tokens.push(TokenRecord { name: n.value.clone(), owner, status: t.status, expires_at, hash });
+                tokens.push(TokenRecord {
+                    name: n.value.clone(),
+                    owner,
+                    status: t.status,
+                    expires_at,
+                    hash,
+                });
             }
         }
     }
@@ -382,9 +486,41 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
     if !errs.0.is_empty() {
         return Err(FileErrors(errs.0));
     }
-    let mut clusters: Vec<String> = clusters.into_iter().collect();
+    let mut clusters: Vec<String> = known.known.into_iter().collect();
     clusters.sort();
-    Ok(Snapshot::new(cluster.to_string(), clusters, tenants, policies, service_accounts, tokens))
+    Ok(Snapshot::new(
+        cluster.to_string(),
+        clusters,
+        tenants,
+        policies,
+        service_accounts,
+        tokens,
+    ))
+}
+
+/// The clusters a policy set may name: the gateway's own plus those defined in the files.
+struct Clusters {
+    known: HashSet<String>,
+    own: String,
+}
+
+impl Clusters {
+    /// The named cluster (an error if unknown), or the gateway's own when none is named.
+    fn resolve(&self, errs: &mut Errs, file: &Path, c: &Option<Spanned<String>>) -> String {
+        match c {
+            Some(c) => {
+                if !self.known.contains(&c.value) {
+                    errs.at(
+                        file,
+                        &c.referenced,
+                        format!("unknown cluster {:?}", c.value),
+                    );
+                }
+                c.value.clone()
+            }
+            None => self.own.clone(),
+        }
+    }
 }
 
 fn build_realm(
@@ -393,9 +529,9 @@ fn build_realm(
     loc: &Location,
     r: &RawRealm,
     tenants: &HashMap<String, Tenant>,
-    check_cluster: &dyn Fn(&mut Errs, &Path, &Option<Spanned<String>>) -> String,
+    clusters: &Clusters,
 ) -> Option<Realm> {
-    let cluster = check_cluster(errs, file, &r.cluster);
+    let cluster = clusters.resolve(errs, file, &r.cluster);
     let target = match (&r.tenant, r.kind, &r.identifier) {
         (Some(t), None, None) => {
             if t.value == "*" {
@@ -410,7 +546,10 @@ fn build_realm(
                         errs.at(
                             file,
                             &t.referenced,
-                            format!("tenant {:?} is in cluster {:?}, not {:?}", t.value, ten.cluster, cluster),
+                            format!(
+                                "tenant {:?} is in cluster {:?}, not {:?}",
+                                t.value, ten.cluster, cluster
+                            ),
                         );
                         return None;
                     }
@@ -423,7 +562,11 @@ fn build_realm(
             RealmType::Stack => RealmTarget::Stack(id.clone()),
         },
         _ => {
-            errs.at(file, loc, "a realm needs either `tenant` or both `type` (org|stack) and `identifier`");
+            errs.at(
+                file,
+                loc,
+                "a realm needs either `tenant` or both `type` (org|stack) and `identifier`",
+            );
             return None;
         }
     };
@@ -434,7 +577,11 @@ fn build_realm(
             Err(msg) => errs.at(file, &lp.referenced, msg),
         }
     }
-    Some(Realm { target, cluster, label_policies })
+    Some(Realm {
+        target,
+        cluster,
+        label_policies,
+    })
 }
 
 #[cfg(test)]
@@ -487,10 +634,21 @@ tokens:
 
     #[test]
     fn valid_file_loads_with_counts() {
-        let text = GOOD.replace("HASH1", &h("glc_one")).replace("HASH2", &h("glsa_two"));
+        let text = GOOD
+            .replace("HASH1", &h("glc_one"))
+            .replace("HASH2", &h("glsa_two"));
         let s = load(&text).unwrap();
         let c = s.counts();
-        assert_eq!((c.clusters, c.tenants, c.access_policies, c.service_accounts, c.tokens), (2, 2, 1, 1, 2));
+        assert_eq!(
+            (
+                c.clusters,
+                c.tenants,
+                c.access_policies,
+                c.service_accounts,
+                c.tokens
+            ),
+            (2, 2, 1, 1, 2)
+        );
         let rec = s.lookup(&TokenHash::of("glc_one")).unwrap();
         assert_eq!(rec.name, "team-a-ci");
         assert_eq!(rec.expires_at, Some(1798761600));
@@ -553,9 +711,13 @@ tokens:
 
     #[test]
     fn unknown_keys_and_scopes_are_located_errors() {
-        let e = load("access_policies:\n  - name: pol\n    scopes: [metrics:read, metrics:fly]\n").unwrap_err();
+        let e = load("access_policies:\n  - name: pol\n    scopes: [metrics:read, metrics:fly]\n")
+            .unwrap_err();
         assert_eq!(e.0[0].line, 3);
-        assert!(e.0[0].message.contains("unknown scope \"metrics:fly\""), "{e}");
+        assert!(
+            e.0[0].message.contains("unknown scope \"metrics:fly\""),
+            "{e}"
+        );
         let e = load("tenants:\n  - name: team-a\n    colour: red\n").unwrap_err();
         assert_eq!((e.0[0].line, e.0[0].column), (3, 5));
         let e = load("tenants: [\n").unwrap_err();
@@ -565,7 +727,11 @@ tokens:
     #[test]
     fn names_defined_twice_across_files_are_errors() {
         let a = "tenants:\n  - name: team-a\n";
-        let e = load_texts(&[(Path::new("a.yaml"), a), (Path::new("b.yaml"), a)], "local").unwrap_err();
+        let e = load_texts(
+            &[(Path::new("a.yaml"), a), (Path::new("b.yaml"), a)],
+            "local",
+        )
+        .unwrap_err();
         assert_eq!(e.0[0].file, PathBuf::from("b.yaml"));
         assert!(e.0[0].message.contains("defined twice"));
     }

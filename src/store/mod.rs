@@ -4,13 +4,16 @@
 pub mod load;
 pub mod watch;
 
-use crate::policy::{default_tenant, AccessPolicy, Identity, Realm, RealmTarget, ScopeSet, ServiceAccount, Status, Tenant};
+use crate::policy::{
+    AccessPolicy, Identity, Realm, RealmTarget, ScopeSet, ServiceAccount, Status, Tenant,
+    default_tenant,
+};
 use crate::telemetry::Metrics;
 use crate::token::TokenHash;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use load::Counts;
 
@@ -52,8 +55,16 @@ impl Snapshot {
         service_accounts: HashMap<String, ServiceAccount>,
         mut tokens: Vec<TokenRecord>,
     ) -> Snapshot {
-        tokens.sort_unstable_by(|a, b| a.hash.0.cmp(&b.hash.0));
-        Snapshot { generation: 0, cluster, clusters, tenants, policies, service_accounts, tokens }
+        tokens.sort_unstable_by_key(|a| a.hash.0);
+        Snapshot {
+            generation: 0,
+            cluster,
+            clusters,
+            tenants,
+            policies,
+            service_accounts,
+            tokens,
+        }
     }
 
     /// An empty set for `cluster` (what runs before the first successful load).
@@ -86,7 +97,9 @@ impl Snapshot {
     /// the final equality is constant-time.
     pub fn lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
         let p = h.prefix();
-        let start = self.tokens.partition_point(|t| t.hash.prefix_be() < h.prefix_be());
+        let start = self
+            .tokens
+            .partition_point(|t| t.hash.prefix_be() < h.prefix_be());
         self.tokens[start..]
             .iter()
             .take_while(|t| t.hash.prefix() == p)
@@ -96,45 +109,74 @@ impl Snapshot {
     /// Flattens a token, its policy or service account into what `decide` needs.
     pub fn resolve(&self, rec: &TokenRecord) -> Identity {
         let mut active = rec.status == Status::Active;
-        let (policy_name, scopes, realms, subnets): (String, ScopeSet, Arc<[Realm]>, Arc<[ipnet::IpNet]>) =
-            match &rec.owner {
-                TokenOwner::Policy(name) => match self.policies.get(name) {
-                    Some(p) => {
-                        active &= p.status == Status::Active;
-                        (p.name.clone(), p.scopes, p.realms.clone(), p.allowed_subnets.clone())
-                    }
-                    None => (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new())),
-                },
-                TokenOwner::ServiceAccount(name) => match self.service_accounts.get(name) {
-                    Some(sa) => {
-                        active &= !sa.disabled;
-                        match sa.access_policy.as_ref().and_then(|p| self.policies.get(p)) {
-                            Some(p) => {
-                                active &= p.status == Status::Active;
-                                (p.name.clone(), p.scopes, p.realms.clone(), p.allowed_subnets.clone())
-                            }
-                            None if sa.access_policy.is_some() => {
-                                active = false;
-                                (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new()))
-                            }
-                            None => (
-                                format!("serviceaccount:{}", sa.name),
-                                ScopeSet::for_role(sa.role),
-                                Arc::from(vec![Realm {
-                                    target: RealmTarget::Org(sa.org.clone()),
-                                    cluster: self.cluster.clone(),
-                                    label_policies: Vec::new(),
-                                }]),
-                                Arc::from(Vec::new()),
-                            ),
+        let (policy_name, scopes, realms, subnets): (
+            String,
+            ScopeSet,
+            Arc<[Realm]>,
+            Arc<[ipnet::IpNet]>,
+        ) = match &rec.owner {
+            TokenOwner::Policy(name) => match self.policies.get(name) {
+                Some(p) => {
+                    active &= p.status == Status::Active;
+                    (
+                        p.name.clone(),
+                        p.scopes,
+                        p.realms.clone(),
+                        p.allowed_subnets.clone(),
+                    )
+                }
+                None => (
+                    name.clone(),
+                    ScopeSet::default(),
+                    Arc::from(Vec::new()),
+                    Arc::from(Vec::new()),
+                ),
+            },
+            TokenOwner::ServiceAccount(name) => match self.service_accounts.get(name) {
+                Some(sa) => {
+                    active &= !sa.disabled;
+                    match sa.access_policy.as_ref().and_then(|p| self.policies.get(p)) {
+                        Some(p) => {
+                            active &= p.status == Status::Active;
+                            (
+                                p.name.clone(),
+                                p.scopes,
+                                p.realms.clone(),
+                                p.allowed_subnets.clone(),
+                            )
                         }
+                        None if sa.access_policy.is_some() => {
+                            active = false;
+                            (
+                                name.clone(),
+                                ScopeSet::default(),
+                                Arc::from(Vec::new()),
+                                Arc::from(Vec::new()),
+                            )
+                        }
+                        None => (
+                            format!("serviceaccount:{}", sa.name),
+                            ScopeSet::for_role(sa.role),
+                            Arc::from(vec![Realm {
+                                target: RealmTarget::Org(sa.org.clone()),
+                                cluster: self.cluster.clone(),
+                                label_policies: Vec::new(),
+                            }]),
+                            Arc::from(Vec::new()),
+                        ),
                     }
-                    None => {
-                        active = false;
-                        (name.clone(), ScopeSet::default(), Arc::from(Vec::new()), Arc::from(Vec::new()))
-                    }
-                },
-            };
+                }
+                None => {
+                    active = false;
+                    (
+                        name.clone(),
+                        ScopeSet::default(),
+                        Arc::from(Vec::new()),
+                        Arc::from(Vec::new()),
+                    )
+                }
+            },
+        };
         let default_tenant = default_tenant(&realms, self.tenants.values(), &self.cluster);
         Identity {
             token_name: rec.name.clone(),
@@ -168,10 +210,18 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(initial: Snapshot, capacity: u64, ttl: std::time::Duration, metrics: Arc<Metrics>) -> Store {
+    pub fn new(
+        initial: Snapshot,
+        capacity: u64,
+        ttl: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Store {
         let store = Store {
             snapshot: ArcSwap::from_pointee(Snapshot::empty(&initial.cluster)),
-            cache: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
             next_generation: AtomicU64::new(1),
             metrics,
         };
@@ -189,11 +239,21 @@ impl Store {
         snap.generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
         let c = snap.counts();
         let m = &self.metrics;
-        m.store_objects.with_label_values(&["clusters"]).set(c.clusters as i64);
-        m.store_objects.with_label_values(&["tenants"]).set(c.tenants as i64);
-        m.store_objects.with_label_values(&["access_policies"]).set(c.access_policies as i64);
-        m.store_objects.with_label_values(&["service_accounts"]).set(c.service_accounts as i64);
-        m.store_objects.with_label_values(&["tokens"]).set(c.tokens as i64);
+        m.store_objects
+            .with_label_values(&["clusters"])
+            .set(c.clusters as i64);
+        m.store_objects
+            .with_label_values(&["tenants"])
+            .set(c.tenants as i64);
+        m.store_objects
+            .with_label_values(&["access_policies"])
+            .set(c.access_policies as i64);
+        m.store_objects
+            .with_label_values(&["service_accounts"])
+            .set(c.service_accounts as i64);
+        m.store_objects
+            .with_label_values(&["tokens"])
+            .set(c.tokens as i64);
         m.store_generation.set(snap.generation as i64);
         self.snapshot.store(Arc::new(snap));
         self.cache.invalidate_all();
@@ -202,11 +262,11 @@ impl Store {
     /// Resolves a token hash against the snapshot in force, through the cache.
     /// Unknown tokens are never cached, so they cannot grow it.
     pub fn identify(&self, snap: &Snapshot, h: &TokenHash) -> Option<Arc<Identity>> {
-        if let Some(id) = self.cache.get(&h.0) {
-            if id.generation == snap.generation {
-                self.metrics.cache_hits.inc();
-                return Some(id);
-            }
+        if let Some(id) = self.cache.get(&h.0)
+            && id.generation == snap.generation
+        {
+            self.metrics.cache_hits.inc();
+            return Some(id);
         }
         self.metrics.cache_misses.inc();
         let rec = snap.lookup(h)?;
@@ -236,7 +296,10 @@ mod tests {
             "tenants:\n  - name: team-a\naccess_policies:\n  - name: pol\n    status: {status}\n    scopes: [metrics:read]\n    realms:\n      - tenant: team-a\ntokens:\n"
         );
         for (i, t) in hashes.iter().enumerate() {
-            s += &format!("  - name: t{i}\n    access_policy: pol\n    hash: \"{}\"\n", TokenHash::of(t).stored());
+            s += &format!(
+                "  - name: t{i}\n    access_policy: pol\n    hash: \"{}\"\n",
+                TokenHash::of(t).stored()
+            );
         }
         s
     }
@@ -255,7 +318,12 @@ mod tests {
     #[test]
     fn swap_revokes_cached_identity_immediately() {
         let m = Arc::new(Metrics::new());
-        let store = Store::new(snap(&policy_text("active", &["glc_a"])), 100, Duration::from_secs(600), m.clone());
+        let store = Store::new(
+            snap(&policy_text("active", &["glc_a"])),
+            100,
+            Duration::from_secs(600),
+            m.clone(),
+        );
         let h = TokenHash::of("glc_a");
         let s1 = store.snapshot();
         assert!(store.identify(&s1, &h).unwrap().active);
@@ -274,10 +342,19 @@ mod tests {
     #[test]
     fn unknown_tokens_do_not_grow_the_cache() {
         let m = Arc::new(Metrics::new());
-        let store = Store::new(snap(&policy_text("active", &["glc_a"])), 100, Duration::from_secs(600), m);
+        let store = Store::new(
+            snap(&policy_text("active", &["glc_a"])),
+            100,
+            Duration::from_secs(600),
+            m,
+        );
         let s = store.snapshot();
         for i in 0..1000 {
-            assert!(store.identify(&s, &TokenHash::of(&format!("glc_x{i}"))).is_none());
+            assert!(
+                store
+                    .identify(&s, &TokenHash::of(&format!("glc_x{i}")))
+                    .is_none()
+            );
         }
         assert_eq!(store.cache_len(), 0);
     }
@@ -298,6 +375,9 @@ mod tests {
         assert!(!b.active, "disabled service account");
         let c = s.resolve(s.lookup(&TokenHash::of("glsa_c")).unwrap());
         assert_eq!(c.policy_name, "pol");
-        assert!(c.scopes.contains(crate::policy::Scope::LogsRead) && !c.scopes.contains(crate::policy::Scope::Admin));
+        assert!(
+            c.scopes.contains(crate::policy::Scope::LogsRead)
+                && !c.scopes.contains(crate::policy::Scope::Admin)
+        );
     }
 }

@@ -6,8 +6,8 @@
 //! Polling every `store.poll_interval` (250 ms by default) keeps the new set in force well within
 //! the 2 s the contract allows, with no platform-specific notification API. SIGHUP forces a reload.
 
-use super::load::{load_files, Counts};
 use super::Store;
+use super::load::{Counts, load_files};
 use crate::diag::FileErrors;
 use crate::telemetry::Metrics;
 use std::os::unix::fs::MetadataExt;
@@ -24,7 +24,9 @@ struct FileStamp {
 fn stamp(p: &Path) -> FileStamp {
     FileStamp {
         canonical: std::fs::canonicalize(p).ok(),
-        meta: std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())),
+        meta: std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec())),
     }
 }
 
@@ -34,13 +36,21 @@ fn stamps(paths: &[PathBuf]) -> Vec<FileStamp> {
 
 /// Loads the files and, if they validate, puts them in force. On failure the last good set
 /// stays in force; every error is logged with its file and line and the failure is counted.
-pub fn reload(store: &Store, paths: &[PathBuf], cluster: &str, metrics: &Metrics) -> Result<Counts, FileErrors> {
+pub fn reload(
+    store: &Store,
+    paths: &[PathBuf],
+    cluster: &str,
+    metrics: &Metrics,
+) -> Result<Counts, FileErrors> {
     match load_files(paths, cluster) {
         Ok(snap) => {
             let counts = snap.counts();
             store.install(snap);
             metrics.store_reloads.with_label_values(&["success"]).inc();
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             metrics.store_last_success.set(now as i64);
             tracing::info!(%counts, generation = store.snapshot().generation, "policy set loaded");
             Ok(counts)
@@ -97,7 +107,12 @@ pub async fn run(
         // Stamp before reading: a write that lands during the read changes the stamp again
         // and is picked up on the next tick.
         last = now;
-        let (s, p, c, m) = (store.clone(), paths.clone(), cluster.clone(), metrics.clone());
+        let (s, p, c, m) = (
+            store.clone(),
+            paths.clone(),
+            cluster.clone(),
+            metrics.clone(),
+        );
         let _ = tokio::task::spawn_blocking(move || reload(&s, &p, &c, &m)).await;
     }
 }

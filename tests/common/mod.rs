@@ -7,10 +7,10 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use obsgate::proxy::server::{start, Running};
+use obsgate::proxy::server::{Running, start};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -52,7 +52,9 @@ impl Upstream {
         let s2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = l.accept().await else { return };
+                let Ok((stream, _)) = l.accept().await else {
+                    return;
+                };
                 let seen = s2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| upstream_handle(seen.clone(), req));
@@ -74,7 +76,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Recorded {
-        self.requests().last().cloned().expect("the upstream received a request")
+        self.requests()
+            .last()
+            .cloned()
+            .expect("the upstream received a request")
     }
 }
 
@@ -87,7 +92,11 @@ async fn upstream_handle(
     let upgrade = req.headers().contains_key(http::header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     seen.lock().unwrap().push(Recorded {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
@@ -120,16 +129,28 @@ async fn upstream_handle(
             .body(Full::new(Bytes::new()).boxed_unsync())
             .unwrap());
     }
-    if parts.headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
+    if parts
+        .headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         trailers.insert("grpc-message", "all-good".parse().unwrap());
         let body = Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x02hi"))
             .with_trailers(async move { Some(Ok(trailers)) })
             .boxed_unsync();
-        return Ok(Response::builder().header("content-type", "application/grpc").body(body).unwrap());
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .unwrap());
     }
-    if let Some(mib) = parts.uri.query().and_then(|q| q.strip_prefix("big=")).and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(mib) = parts
+        .uri
+        .query()
+        .and_then(|q| q.strip_prefix("big="))
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         let data = Bytes::from(vec![b'x'; mib << 20]);
         return Ok(Response::new(Full::new(data).boxed_unsync()));
     }
@@ -143,8 +164,13 @@ async fn upstream_handle(
 }
 
 pub fn glc(policy: &str, name: &str) -> String {
-    let payload = format!(r#"{{"o":"1","n":"{policy}-{name}","k":"secret-{policy}-{name}","m":{{"r":"test"}}}}"#);
-    format!("glc_{}", base64::engine::general_purpose::STANDARD.encode(payload))
+    let payload = format!(
+        r#"{{"o":"1","n":"{policy}-{name}","k":"secret-{policy}-{name}","m":{{"r":"test"}}}}"#
+    );
+    format!(
+        "glc_{}",
+        base64::engine::general_purpose::STANDARD.encode(payload)
+    )
 }
 
 pub fn hash(token: &str) -> String {
@@ -261,7 +287,10 @@ pub fn tok(name: &str) -> String {
 }
 
 pub fn basic(tenant: &str, token: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{tenant}:{token}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{tenant}:{token}"))
+    )
 }
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
@@ -277,7 +306,9 @@ pub fn client_from(ip: IpAddr) -> TestClient {
 }
 
 pub fn h2c_client() -> TestClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 pub struct Reply {
@@ -299,7 +330,11 @@ pub async fn send(c: &TestClient, req: Request<Full<Bytes>>) -> Reply {
     let r = c.request(req).await.expect("gateway answered");
     let (p, b) = r.into_parts();
     let body = b.collect().await.unwrap().to_bytes();
-    Reply { status: p.status, headers: p.headers, body }
+    Reply {
+        status: p.status,
+        headers: p.headers,
+        body,
+    }
 }
 
 pub fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Request<Full<Bytes>> {
@@ -310,7 +345,12 @@ pub fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Request<Full<Byt
     b.body(Full::new(Bytes::new())).unwrap()
 }
 
-pub fn post(addr: SocketAddr, path: &str, auth: Option<&str>, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+pub fn post(
+    addr: SocketAddr,
+    path: &str,
+    auth: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
     let mut b = Request::post(format!("http://{addr}{path}"));
     if let Some(a) = auth {
         b = b.header("authorization", a);
