@@ -558,20 +558,26 @@ async fn websocket_upgrade_for_loki_tail_carries_bytes_both_ways() {
     gw.shutdown().await;
 }
 
+/// A query with the `vpn-only` token (allowed from 10.0.0.0/8 only) carrying `xff`.
+fn vpn_query(addr: std::net::SocketAddr, xff: &str) -> Request<Full<Bytes>> {
+    let mut req = get(
+        addr,
+        "/prometheus/api/v1/query?query=up",
+        Some(&basic("team-a", &tok("vpn-only"))),
+    );
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    req
+}
+
 #[tokio::test]
 async fn trusted_proxy_xff_decides_the_client_ip() {
     let up = Upstream::start().await;
     // without trusted proxies the peer (127.0.0.1) is the client: vpn-only refuses
     let (_s, gw) = gateway_with(&up, "", "").await;
-    let mut req = get(
-        gw.shared_addr(),
-        "/prometheus/api/v1/query?query=up",
-        Some(&basic("team-a", &tok("vpn-only"))),
-    );
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.1.2.3".parse().unwrap());
+    let r = send(&client(), vpn_query(gw.shared_addr(), "10.1.2.3")).await;
     assert_eq!(
-        send(&client(), req).await.status,
+        r.status,
         StatusCode::FORBIDDEN,
         "X-Forwarded-For from an untrusted peer is ignored"
     );
@@ -583,44 +589,26 @@ async fn trusted_proxy_xff_decides_the_client_ip() {
         "client_ip:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
     )
     .await;
-    let mut req = get(
-        gw.shared_addr(),
-        "/prometheus/api/v1/query?query=up",
-        Some(&basic("team-a", &tok("vpn-only"))),
-    );
-    req.headers_mut()
-        .insert("x-forwarded-for", "203.0.113.1, 10.1.2.3".parse().unwrap());
+    let addr = gw.shared_addr();
+    let r = send(&client(), vpn_query(addr, "203.0.113.1, 10.1.2.3")).await;
     assert_eq!(
-        send(&client(), req).await.status,
+        r.status,
         StatusCode::OK,
         "right-most untrusted entry is 10.1.2.3"
     );
-    let mut req = get(
-        gw.shared_addr(),
-        "/prometheus/api/v1/query?query=up",
-        Some(&basic("team-a", &tok("vpn-only"))),
-    );
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.1.2.3, 203.0.113.1".parse().unwrap());
+    let r = send(&client(), vpn_query(addr, "10.1.2.3, 203.0.113.1")).await;
     assert_eq!(
-        send(&client(), req).await.status,
+        r.status,
         StatusCode::FORBIDDEN,
         "a spoofed left entry does not help"
     );
     // a request from 127.0.0.2 (not trusted) is judged by its own address
-    let mut req = get(
-        gw.shared_addr(),
-        "/prometheus/api/v1/query?query=up",
-        Some(&basic("team-a", &tok("vpn-only"))),
-    );
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.1.2.3".parse().unwrap());
-    assert_eq!(
-        send(&client_from("127.0.0.2".parse().unwrap()), req)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
+    let r = send(
+        &client_from("127.0.0.2".parse().unwrap()),
+        vpn_query(addr, "10.1.2.3"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     gw.shutdown().await;
 }
 

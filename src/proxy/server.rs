@@ -74,16 +74,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let paths = config.store.policy_files.clone();
     let cluster = config.cluster.clone();
-    let initial = {
+    let (loaded, initial) = {
         let (p, c) = (paths.clone(), cluster.clone());
-        tokio::task::spawn_blocking(move || crate::store::load::load_files(&p, &c))
-            .await
-            .map_err(|e| StartError::Setup(format!("policy load task failed: {e}")))?
-            .map_err(|e| {
-                metrics.store_reloads.with_label_values(&["failure"]).inc();
-                StartError::Policy(e)
-            })?
+        tokio::task::spawn_blocking(move || {
+            (watch::stamps(&p), crate::store::load::load_files(&p, &c))
+        })
+        .await
+        .map_err(|e| StartError::Setup(format!("policy load task failed: {e}")))?
     };
+    let initial = initial.map_err(|e| {
+        metrics.store_reloads.with_label_values(&["failure"]).inc();
+        StartError::Policy(e)
+    })?;
     metrics.store_reloads.with_label_values(&["success"]).inc();
     tracing::info!(counts = %initial.counts(), "policy set loaded");
     let store = Arc::new(Store::new(
@@ -141,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         cluster,
         metrics.clone(),
         config.store.poll_interval,
+        loaded,
         rx.clone(),
     )));
     gateway.ready.store(true, Ordering::Release);

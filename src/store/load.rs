@@ -137,6 +137,19 @@ pub struct Counts {
     pub tokens: usize,
 }
 
+impl Counts {
+    /// `(kind, count)` pairs, the kinds named as in the `obsgate_store_objects` metric.
+    pub fn by_kind(&self) -> [(&'static str, usize); 5] {
+        [
+            ("clusters", self.clusters),
+            ("tenants", self.tenants),
+            ("access_policies", self.access_policies),
+            ("service_accounts", self.service_accounts),
+            ("tokens", self.tokens),
+        ]
+    }
+}
+
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -288,14 +301,9 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
             }
             let mut realms = Vec::with_capacity(p.realms.len());
             for r in &p.realms {
-                if let Some(realm) = build_realm(
-                    &mut errs,
-                    file,
-                    &r.referenced,
-                    &r.value,
-                    &tenants,
-                    &known,
-                ) {
+                if let Some(realm) =
+                    build_realm(&mut errs, file, &r.referenced, &r.value, &tenants, &known)
+                {
                     realms.push(realm);
                 }
             }

@@ -237,23 +237,10 @@ impl Store {
     /// served at once (each hit is checked against the generation), and are dropped.
     pub fn install(&self, mut snap: Snapshot) {
         snap.generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
-        let c = snap.counts();
         let m = &self.metrics;
-        m.store_objects
-            .with_label_values(&["clusters"])
-            .set(c.clusters as i64);
-        m.store_objects
-            .with_label_values(&["tenants"])
-            .set(c.tenants as i64);
-        m.store_objects
-            .with_label_values(&["access_policies"])
-            .set(c.access_policies as i64);
-        m.store_objects
-            .with_label_values(&["service_accounts"])
-            .set(c.service_accounts as i64);
-        m.store_objects
-            .with_label_values(&["tokens"])
-            .set(c.tokens as i64);
+        for (kind, n) in snap.counts().by_kind() {
+            m.store_objects.with_label_values(&[kind]).set(n as i64);
+        }
         m.store_generation.set(snap.generation as i64);
         self.snapshot.store(Arc::new(snap));
         self.cache.invalidate_all();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
+pub struct FileStamp {
     canonical: Option<PathBuf>,
     meta: Option<(u64, u64, u64, i64, i64)>,
 }
@@ -30,7 +30,9 @@ fn stamp(p: &Path) -> FileStamp {
     }
 }
 
-fn stamps(paths: &[PathBuf]) -> Vec<FileStamp> {
+/// Fingerprints of the policy files. Take them *before* a load, so that a change landing during
+/// the load is seen as a change afterwards.
+pub fn stamps(paths: &[PathBuf]) -> Vec<FileStamp> {
     paths.iter().map(|p| stamp(p)).collect()
 }
 
@@ -73,9 +75,10 @@ pub async fn run(
     cluster: String,
     metrics: Arc<Metrics>,
     interval: Duration,
+    loaded: Vec<FileStamp>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut last = stamps(&paths);
+    let mut last = loaded;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
