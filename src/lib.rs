@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod diag;
 pub mod duration;
+pub mod lbac;
 pub mod policy;
 pub mod proxy;
 pub mod route;

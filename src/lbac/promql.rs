@@ -1,0 +1,391 @@
+//! PromQL rewrite with `promql-parser`: the policy's matchers are ANDed into every vector and
+//! matrix selector anywhere in the tree. A user's own matchers stay, and since matchers of one
+//! selector are ANDed, none of them can widen what the policy allows.
+
+use super::LbacError;
+use crate::selector::{MatchOp, Matcher};
+use promql_parser::label::{MatchOp as PMatchOp, Matcher as PMatcher, Matchers};
+use promql_parser::parser::{self, Expr, VectorSelector};
+
+/// Longest query accepted for rewriting.
+pub const MAX_QUERY_LEN: usize = 128 * 1024;
+
+fn to_parser_matcher(m: &Matcher) -> Result<PMatcher, LbacError> {
+    let op = match m.op {
+        MatchOp::Eq => PMatchOp::Equal,
+        MatchOp::Neq => PMatchOp::NotEqual,
+        // anchored exactly as promql-parser anchors the regexes it parses
+        MatchOp::Re | MatchOp::Nre => {
+            let re = regex::Regex::new(&format!("^(?:{})$", m.value)).map_err(|e| {
+                LbacError::Forbidden(format!("label policy regex cannot be used: {e}"))
+            })?;
+            if m.op == MatchOp::Re {
+                PMatchOp::Re(re)
+            } else {
+                PMatchOp::NotRe(re)
+            }
+        }
+    };
+    Ok(PMatcher::new(op, &m.name, &m.value))
+}
+
+fn restrict_selector(vs: &mut VectorSelector, policy: &[PMatcher]) {
+    let Matchers {
+        matchers,
+        or_matchers,
+    } = &mut vs.matchers;
+    if or_matchers.is_empty() {
+        matchers.extend(policy.iter().cloned());
+    } else {
+        // `{a="1" or b="2"}`: every alternative must carry the policy
+        for group in or_matchers.iter_mut() {
+            group.extend(policy.iter().cloned());
+        }
+        if !matchers.is_empty() {
+            matchers.extend(policy.iter().cloned());
+        }
+    }
+}
+
+/// Calls `f` on every vector selector of the tree (matrix selectors included).
+fn for_each_selector(e: &mut Expr, f: &mut impl FnMut(&mut VectorSelector)) {
+    match e {
+        Expr::VectorSelector(vs) => f(vs),
+        Expr::MatrixSelector(ms) => f(&mut ms.vs),
+        Expr::Aggregate(a) => {
+            for_each_selector(&mut a.expr, f);
+            if let Some(p) = a.param.as_mut() {
+                for_each_selector(p, f);
+            }
+        }
+        Expr::Unary(u) => for_each_selector(&mut u.expr, f),
+        Expr::Binary(b) => {
+            for_each_selector(&mut b.lhs, f);
+            for_each_selector(&mut b.rhs, f);
+        }
+        Expr::Paren(p) => for_each_selector(&mut p.expr, f),
+        Expr::Subquery(s) => for_each_selector(&mut s.expr, f),
+        Expr::Call(c) => {
+            for a in c.args.args.iter_mut() {
+                for_each_selector(a, f);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// The printer sorts matchers; sorting them on both sides makes trees comparable.
+pub fn normalize(e: &mut Expr) {
+    let key = |m: &PMatcher| (m.name.clone(), m.op.to_string(), m.value.clone());
+    for_each_selector(e, &mut |vs| {
+        vs.matchers.matchers.sort_by_key(key);
+        for g in vs.matchers.or_matchers.iter_mut() {
+            g.sort_by_key(key);
+        }
+    });
+}
+
+/// Whether every selector (every alternative of an `or` selector) carries all of `policy`.
+pub fn is_restricted(e: &Expr, policy: &[PMatcher]) -> bool {
+    let has_all = |ms: &[PMatcher]| policy.iter().all(|p| ms.contains(p));
+    selectors(e).iter().all(|vs| {
+        if vs.matchers.or_matchers.is_empty() {
+            has_all(&vs.matchers.matchers)
+        } else {
+            // the printer writes only the alternatives: each must carry the policy itself
+            vs.matchers.or_matchers.iter().all(|g| has_all(g))
+        }
+    })
+}
+
+/// Every selector in the tree, for checks.
+pub fn selectors(e: &Expr) -> Vec<&VectorSelector> {
+    fn go<'a>(e: &'a Expr, out: &mut Vec<&'a VectorSelector>) {
+        match e {
+            Expr::VectorSelector(vs) => out.push(vs),
+            Expr::MatrixSelector(ms) => out.push(&ms.vs),
+            Expr::Aggregate(a) => {
+                go(&a.expr, out);
+                if let Some(p) = &a.param {
+                    go(p, out);
+                }
+            }
+            Expr::Unary(u) => go(&u.expr, out),
+            Expr::Binary(b) => {
+                go(&b.lhs, out);
+                go(&b.rhs, out);
+            }
+            Expr::Paren(p) => go(&p.expr, out),
+            Expr::Subquery(s) => go(&s.expr, out),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| go(a, out)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    go(e, &mut out);
+    out
+}
+
+/// Parses `query`, restricts every selector, prints the result. Unparsable → `BadQuery`.
+pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
+    if query.len() > MAX_QUERY_LEN {
+        return Err(LbacError::BadQuery(format!(
+            "query is longer than {MAX_QUERY_LEN} bytes"
+        )));
+    }
+    let mut expr =
+        parser::parse(query).map_err(|e| LbacError::BadQuery(format!("invalid PromQL: {e}")))?;
+    let pm: Vec<PMatcher> = policy
+        .iter()
+        .map(to_parser_matcher)
+        .collect::<Result<_, _>>()?;
+    for_each_selector(&mut expr, &mut |vs| restrict_selector(vs, &pm));
+    let printed = expr.to_string();
+    // What is printed must parse back to the same tree (up to matcher order, which the printer
+    // sorts) with every selector restricted; otherwise refuse rather than guess.
+    let faithful = parser::parse(&printed).is_ok_and(|mut back| {
+        let restricted = is_restricted(&back, &pm);
+        normalize(&mut back);
+        normalize(&mut expr);
+        restricted && back == expr
+    });
+    if faithful {
+        Ok(printed)
+    } else {
+        Err(LbacError::BadQuery(
+            "query cannot be rewritten faithfully; simplify it".into(),
+        ))
+    }
+}
+
+/// A series selector (`match[]`) is a PromQL vector selector; it must stay one.
+pub fn rewrite_series_selector(sel: &str, policy: &[Matcher]) -> Result<String, LbacError> {
+    let expr = parser::parse(sel)
+        .map_err(|e| LbacError::BadQuery(format!("invalid series selector: {e}")))?;
+    if !matches!(expr, Expr::VectorSelector(_)) {
+        return Err(LbacError::BadQuery(format!(
+            "match[] must be a series selector, got {sel:?}"
+        )));
+    }
+    rewrite(sel, policy)
+}
+
+/// The `match[]` to add when a series/labels request has none: just the policy.
+pub fn policy_selector(policy: &[Matcher]) -> String {
+    crate::selector::Selector {
+        matchers: policy.to_vec(),
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::parse_selector;
+
+    fn pol(s: &str) -> Vec<Matcher> {
+        parse_selector(s).unwrap().matchers
+    }
+
+    fn rw(q: &str) -> String {
+        rewrite(q, &pol(r#"{env="prod"}"#)).unwrap_or_else(|e| panic!("{q}: {e:?}"))
+    }
+
+    /// Every selector in the rewritten query carries env="prod" (outside any or-group, or in each).
+    fn assert_restricted(out: &str, name: &str, value: &str) {
+        let e = parser::parse(out).unwrap();
+        let sels = selectors(&e);
+        for vs in sels {
+            let has = |ms: &[PMatcher]| {
+                ms.iter()
+                    .any(|m| m.name == name && m.op == PMatchOp::Equal && m.value == value)
+            };
+            let ok = if vs.matchers.or_matchers.is_empty() {
+                has(&vs.matchers.matchers)
+            } else {
+                vs.matchers.or_matchers.iter().all(|g| has(g))
+            };
+            assert!(ok, "selector {vs} in {out} is not restricted");
+        }
+    }
+
+    #[test]
+    fn table_of_queries_all_get_restricted() {
+        let cases = [
+            "up",
+            "up{job=\"api\"}",
+            "{__name__=\"up\"}",
+            "{__name__=~\"up|down\"}",
+            "{job=~\".+\"}",
+            "rate(http_requests_total[5m])",
+            "sum by (job) (rate(http_requests_total{code=~\"5..\"}[5m]))",
+            "sum without (instance) (up)",
+            "topk(5, rate(x[1m]))",
+            "quantile(0.9, rate(x[1m]))",
+            "count_values(\"v\", up)",
+            "histogram_quantile(0.99, sum by (le) (rate(h_bucket[5m])))",
+            "up / on(job) group_left(team) team_info",
+            "a + b * c",
+            "a and b or c unless d",
+            "-up",
+            "(up)",
+            "((up + 1) * 2)",
+            "max_over_time(rate(x[5m])[1h:1m])",
+            "rate(x[5m] offset 1h)",
+            "x @ 1700000000",
+            "x @ start()",
+            "x offset -5m",
+            "absent(nonexistent{job=\"x\"})",
+            "label_replace(up, \"a\", \"$1\", \"job\", \"(.*)\")",
+            "vector(1) + up",
+            "scalar(up) * 2",
+            "time() - process_start_time_seconds",
+            "up{env=\"dev\"}",
+            "up{env!=\"prod\"}",
+            "up{env=~\".*\"}",
+            "up{env!~\"prod\"}",
+            "up{env=\"prod\", env=\"dev\"}",
+            "up{env=\"prod\"}",
+            "sum(rate({__name__=~\".+_total\"}[1m]))",
+            "up{job=\"a\\\"quoted\"}",
+            "up{job=\"ünïcödé\"}",
+            "sort_desc(sum by (a) (up))",
+            "count(up) > bool 1",
+            "sum(up) by (job) / ignoring(x) sum(up) by (job)",
+            "rate(x[1m:10s])",
+            "deriv(x[10m] @ end())",
+        ];
+        assert!(cases.len() >= 40);
+        for q in cases {
+            let out = rw(q);
+            assert_restricted(&out, "env", "prod");
+        }
+    }
+
+    #[test]
+    fn user_matchers_on_policy_labels_cannot_widen() {
+        // the user's matcher stays, the policy's is ANDed: env="dev" AND env="prod" selects nothing
+        let out = rw("up{env=\"dev\"}");
+        let e = parser::parse(&out).unwrap();
+        let vs = selectors(&e)[0];
+        let envs: Vec<String> = vs
+            .matchers
+            .matchers
+            .iter()
+            .filter(|m| m.name == "env")
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(envs.len(), 2, "{out}");
+        assert!(envs.contains(&"env=\"prod\"".to_string()));
+        // evaluated against label sets: nothing outside the policy can match
+        let matches = |env: &str| {
+            vs.matchers
+                .matchers
+                .iter()
+                .all(|m| m.is_match(if m.name == "env" { env } else { "up" }))
+        };
+        assert!(!matches("dev") && !matches("prod"));
+        let out = rw("up{env=~\".*\"}");
+        let vs2 = parser::parse(&out).unwrap();
+        let s = selectors(&vs2)[0].clone();
+        let m = |env: &str| {
+            s.matchers
+                .matchers
+                .iter()
+                .all(|m| m.is_match(if m.name == "env" { env } else { "up" }))
+        };
+        assert!(m("prod") && !m("dev") && !m(""));
+    }
+
+    #[test]
+    fn or_matchers_restrict_every_alternative() {
+        // promql-parser accepts Prometheus 3's `or` inside selectors
+        let out = rewrite("{job=\"a\" or job=\"b\"}", &pol(r#"{env="prod"}"#)).unwrap();
+        assert_restricted(&out, "env", "prod");
+        assert_eq!(out.matches("env=\"prod\"").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn regex_and_multi_matcher_policies() {
+        let out = rewrite(
+            "sum(rate(x[5m]))",
+            &pol(r#"{env=~"prod|stage", team!="ops"}"#),
+        )
+        .unwrap();
+        assert!(
+            out.contains("env=~\"prod|stage\"") && out.contains("team!=\"ops\""),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn unparsable_queries_are_bad_requests() {
+        for q in [
+            "",
+            "up{",
+            "sum(",
+            "rate(x)",
+            "up{env=\"x\"",
+            "1 +",
+            "{}",
+            "x[5m",
+            "}",
+            "up @ bad",
+        ] {
+            assert!(
+                matches!(
+                    rewrite(q, &pol(r#"{env="prod"}"#)),
+                    Err(LbacError::BadQuery(_))
+                ),
+                "{q:?}"
+            );
+        }
+        let long = format!("up{{a=\"{}\"}}", "x".repeat(MAX_QUERY_LEN));
+        assert!(matches!(
+            rewrite(&long, &pol(r#"{env="prod"}"#)),
+            Err(LbacError::BadQuery(_))
+        ));
+    }
+
+    #[test]
+    fn long_query_with_many_selectors() {
+        let q = (0..200)
+            .map(|i| format!("rate(m{i}{{a=\"{i}\"}}[5m])"))
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let out = rw(&q);
+        assert_eq!(selectors(&parser::parse(&out).unwrap()).len(), 200);
+        assert_restricted(&out, "env", "prod");
+    }
+
+    #[test]
+    fn printed_query_parses_back_to_the_same_tree() {
+        for q in [
+            "sum by (job) (rate(x{a=~\"b.*\"}[5m] offset 1m))",
+            "x @ 1700000000",
+            "max_over_time(x[1h:5m])",
+        ] {
+            let out = rw(q);
+            let mut a = parser::parse(&out).unwrap();
+            assert_eq!(a.to_string(), out, "printing is stable");
+            let mut b = parser::parse(&a.to_string()).unwrap();
+            normalize(&mut a);
+            normalize(&mut b);
+            assert_eq!(a, b, "{q} → {out}");
+        }
+    }
+
+    #[test]
+    fn series_selectors_must_be_selectors() {
+        let p = pol(r#"{env="prod"}"#);
+        assert_eq!(
+            rewrite_series_selector("up", &p).unwrap(),
+            "up{env=\"prod\"}"
+        );
+        assert!(matches!(
+            rewrite_series_selector("sum(up)", &p),
+            Err(LbacError::BadQuery(_))
+        ));
+        assert_eq!(policy_selector(&p), "{env=\"prod\"}");
+    }
+}
