@@ -208,7 +208,7 @@ async fn row7_missing_scope_is_403_naming_it() {
 }
 
 #[tokio::test]
-async fn row8_label_policies_header_mode_sets_header_and_rewrite_mode_refuses() {
+async fn row8_label_policies_header_mode_sets_header_and_rewrite_mode_rewrites_or_400s() {
     let up = Upstream::start().await;
     let (_s, gw) = gateway_with(&up, "", "").await;
     let mut req = get(
@@ -252,8 +252,26 @@ async fn row8_label_policies_header_mode_sets_header_and_rewrite_mode_refuses() 
         ),
     )
     .await;
-    assert_json_error(&r, StatusCode::FORBIDDEN, "forbidden");
-    assert!(up.requests().is_empty(), "fail closed: nothing forwarded");
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = up.last();
+    assert!(seen.headers.get("x-prom-label-policy").is_none());
+    assert_eq!(
+        seen.uri.query(),
+        Some("query=up%7Benv%3D%22prod%22%2Cteam%3D%7E%22a%7Cb%22%7D"),
+        "rewrite mode adds the policy to the query"
+    );
+    // an unparsable query is a 400 in rewrite mode
+    let r = send(
+        &client(),
+        get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=sum(",
+            Some(&basic("team-a", &tok("lbac"))),
+        ),
+    )
+    .await;
+    assert_json_error(&r, StatusCode::BAD_REQUEST, "bad_data");
+    assert_eq!(up.requests().len(), 1);
     gw.shutdown().await;
 }
 

@@ -156,6 +156,26 @@ pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Re
     r
 }
 
+/// How the label policies of an allowed read are enforced.
+enum Enforcement {
+    /// Unrestricted, or not a read that label policies apply to.
+    None,
+    /// Header mode: `X-Prom-Label-Policy` values.
+    Headers(Vec<HeaderValue>),
+    /// Rewrite mode: these matchers are added to every selector of the query.
+    Rewrite(Vec<crate::selector::Matcher>),
+}
+
+fn lbac_failure(e: crate::lbac::LbacError) -> Failure {
+    match e {
+        crate::lbac::LbacError::BadQuery(m) => Failure::BadRequest(m),
+        crate::lbac::LbacError::Forbidden(m) => Failure::Forbidden {
+            reason: "label_policy",
+            message: m,
+        },
+    }
+}
+
 /// Who asked, for the audit line of a denied request. Never the token.
 #[derive(Default)]
 struct AuditCtx {
@@ -298,7 +318,7 @@ async fn authorize_and_forward(
         &gw.config.client_ip.trusted_proxies,
     );
     audit.client_ip = Some(client_ip);
-    let (org_id, label_values) = {
+    let (org_id, enforcement) = {
         let creds = auth::credentials(req.headers())
             .map_err(|e| unauthorized(e.reason(), e.to_string()))?;
         token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
@@ -341,8 +361,9 @@ async fn authorize_and_forward(
             }
         };
         audit.tenant = Some(allow.org_id.clone());
-        let labels = label_policy_headers(gw, route.slot, &allow.label_policies)?;
-        (allow.org_id, labels)
+        let enforcement =
+            enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;
+        (allow.org_id, enforcement)
     };
     gw.metrics
         .auth_decisions
@@ -351,30 +372,21 @@ async fn authorize_and_forward(
     let upstream = gw.upstream(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
-    forward(
-        gw,
-        upstream,
-        &route,
-        peer,
-        req,
-        &org_id,
-        label_values,
-        start,
-    )
-    .await
+    forward(gw, upstream, &route, peer, req, &org_id, enforcement, start).await
 }
 
-/// Enforces label policies for the restricted tenants of an allowed read: in header mode, one
-/// `X-Prom-Label-Policy: <tenant>:<PathEscape(selector)>` value per selector; where that cannot
-/// be enforced (plain Prometheus, rewrite mode), the request is refused (fail closed).
-fn label_policy_headers(
+/// Decides how the label policies of the restricted tenants of an allowed read are enforced.
+/// Header mode: one `X-Prom-Label-Policy: <tenant>:<PathEscape(selector)>` value per selector.
+/// Rewrite mode: one merged restriction for the query. Where neither can be enforced, the
+/// request is refused (fail closed).
+fn enforce_label_policies(
     gw: &Gateway,
     slot: BackendSlot,
+    tenants: usize,
     restricted: &[(&str, Vec<&crate::selector::Selector>)],
-) -> Result<Vec<HeaderValue>, Failure> {
-    let mut values = Vec::new();
+) -> Result<Enforcement, Failure> {
     if restricted.is_empty() {
-        return Ok(values);
+        return Ok(Enforcement::None);
     }
     let refuse = |message: &str| Failure::Forbidden {
         reason: "label_policy",
@@ -384,10 +396,11 @@ fn label_policy_headers(
         // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every series through.
         LbacMode::Header if up_kind(gw, slot) == Some(crate::config::BackendKind::Prometheus) => {
             Err(refuse(
-                "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; use Mimir or Loki with label-based access control",
+                "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; set lbac.mode: rewrite",
             ))
         }
         LbacMode::Header => {
+            let mut values = Vec::new();
             for (tenant, selectors) in restricted {
                 for s in selectors {
                     let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
@@ -397,11 +410,14 @@ fn label_policy_headers(
                     );
                 }
             }
-            Ok(values)
+            Ok(Enforcement::Headers(values))
         }
-        LbacMode::Rewrite => Err(refuse(
-            "this token is restricted by label policies, which lbac.mode rewrite cannot enforce yet; use lbac.mode: header with a backend that reads X-Prom-Label-Policy",
-        )),
+        LbacMode::Rewrite => {
+            match crate::lbac::restriction_for(tenants, restricted).map_err(lbac_failure)? {
+                Some(m) => Ok(Enforcement::Rewrite(m)),
+                None => Ok(Enforcement::None),
+            }
+        }
     }
 }
 
@@ -417,7 +433,7 @@ async fn forward(
     peer: SocketAddr,
     mut req: Request<Incoming>,
     org_id: &str,
-    label_values: Vec<HeaderValue>,
+    enforcement: Enforcement,
     start: Instant,
 ) -> Result<Response<Body>, Failure> {
     let b = &up.backend;
@@ -426,7 +442,37 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
 
-    let pq = match req.uri().query() {
+    let (mut parts, body) = req.into_parts();
+    let mut label_values = Vec::new();
+    let (query, body): (Option<String>, Body) = match enforcement {
+        Enforcement::None => (parts.uri.query().map(str::to_string), incoming(body)),
+        Enforcement::Headers(v) => {
+            label_values = v;
+            (parts.uri.query().map(str::to_string), incoming(body))
+        }
+        Enforcement::Rewrite(policy) => {
+            use crate::lbac::request::{Treatment, apply, treatment};
+            let (lang, t) = treatment(b.kind, route.name);
+            if t == Treatment::Pass {
+                (parts.uri.query().map(str::to_string), incoming(body))
+            } else {
+                let qs = parts.uri.query().map(str::to_string);
+                let (q, new_body) = apply(
+                    &mut parts.headers,
+                    qs.as_deref(),
+                    body,
+                    lang,
+                    t,
+                    &policy,
+                    route.name,
+                )
+                .await
+                .map_err(lbac_failure)?;
+                (q, full(new_body.unwrap_or_default()))
+            }
+        }
+    };
+    let pq = match query {
         Some(q) => format!("{}{}?{q}", b.base_path, route.upstream_path),
         None => format!("{}{}", b.base_path, route.upstream_path),
     };
@@ -437,7 +483,6 @@ async fn forward(
         .build()
         .map_err(|_| Failure::BadRequest("request path cannot be forwarded".into()))?;
 
-    let (mut parts, body) = req.into_parts();
     parts.uri = uri;
     parts.version = if grpc {
         http::Version::HTTP_2
@@ -456,7 +501,7 @@ async fn forward(
         parts.headers.append("x-prom-label-policy", v);
     }
     headers::append_forwarded_for(&mut parts.headers, peer.ip());
-    let out = Request::from_parts(parts, incoming(body));
+    let out = Request::from_parts(parts, body);
 
     let client = if grpc { &up.http2 } else { &up.http1 };
     let t0 = Instant::now();
