@@ -209,3 +209,5 @@ mod tests {
         );
     }
 }
+#[cfg(test)]
+mod proptests;
