@@ -140,6 +140,55 @@ fn benches(c: &mut Criterion) {
         b.iter(|| obsgate::auth::credentials(black_box(&headers)).unwrap())
     });
 
+    let policy = obsgate::selector::parse_selector(r#"{env="prod", team=~"a|b"}"#)
+        .unwrap()
+        .matchers;
+    let promql_cases = [
+        ("simple", "up".to_string()),
+        ("nested", "sum by (job) (rate(http_requests_total{code=~\"5..\"}[5m])) / sum by (job) (rate(http_requests_total[5m]))".to_string()),
+        ("10 selectors", (0..10).map(|i| format!("rate(m{i}{{a=\"{i}\"}}[5m])")).collect::<Vec<_>>().join(" + ")),
+    ];
+    for (name, q) in &promql_cases {
+        c.bench_function(&format!("lbac/promql_rewrite {name}"), |b| {
+            b.iter(|| obsgate::lbac::promql::rewrite(black_box(q), &policy).unwrap())
+        });
+    }
+    let cache = obsgate::lbac::RewriteCache::default();
+    let nested = &promql_cases[1].1;
+    c.bench_function(
+        "lbac/promql_rewrite nested, cached (repeated dashboard query)",
+        |b| {
+            b.iter(|| {
+                let key = format!(
+                    "PromQL|query|{{env=\"prod\", team=~\"a|b\"}}\u{0}{}",
+                    black_box(nested)
+                );
+                cache
+                    .get_or_insert_with(key, || obsgate::lbac::promql::rewrite(nested, &policy))
+                    .unwrap()
+            })
+        },
+    );
+    let logql_cases = [
+        ("simple", r#"{app="x"}"#.to_string()),
+        ("nested", r#"sum by (level) (count_over_time({app="x"} |= "error" | json | level!="debug" [5m])) / sum(count_over_time({app="x"}[5m]))"#.to_string()),
+        ("10 selectors", (0..10).map(|i| format!("count_over_time({{a=\"{i}\"}} |= \"x\" [1m])")).collect::<Vec<_>>().join(" + ")),
+    ];
+    for (name, q) in &logql_cases {
+        c.bench_function(&format!("lbac/logql_rewrite {name}"), |b| {
+            b.iter(|| obsgate::lbac::logql::rewrite(black_box(q), &policy).unwrap())
+        });
+    }
+    let sel = obsgate::selector::parse_selector(r#"{env="prod", team=~"a|b"}"#).unwrap();
+    c.bench_function("lbac/header_value_encoding", |b| {
+        b.iter(|| {
+            format!(
+                "team-a:{}",
+                obsgate::selector::path_escape(&black_box(&sel).to_string())
+            )
+        })
+    });
+
     c.bench_function("route/match_mimir_query_range", |b| {
         b.iter(|| {
             obsgate::route::match_kind(

@@ -30,6 +30,9 @@ pub struct Matcher {
     pub value: String,
     /// For `=~`/`!~`: the value compiled fully anchored, as Prometheus does.
     re: Option<regex::Regex>,
+    /// The same regex in promql-parser's form (`^(?:v)$`), compiled once at load so that query
+    /// rewriting never compiles a policy regex on the request path.
+    promql_re: Option<regex::Regex>,
 }
 
 impl PartialEq for Matcher {
@@ -44,19 +47,28 @@ impl Matcher {
         if !valid_label_name(name) {
             return Err(format!("invalid label name {name:?}"));
         }
-        let re = match op {
-            MatchOp::Re | MatchOp::Nre => Some(
-                regex::Regex::new(&format!("^(?s:{value})$"))
-                    .map_err(|e| format!("invalid regular expression {value:?}: {e}"))?,
-            ),
-            _ => None,
+        let (re, promql_re) = match op {
+            MatchOp::Re | MatchOp::Nre => {
+                let bad = |e: regex::Error| format!("invalid regular expression {value:?}: {e}");
+                (
+                    Some(regex::Regex::new(&format!("^(?s:{value})$")).map_err(bad)?),
+                    Some(regex::Regex::new(&format!("^(?:{value})$")).map_err(bad)?),
+                )
+            }
+            _ => (None, None),
         };
         Ok(Matcher {
             name: name.to_string(),
             op,
             value: value.to_string(),
             re,
+            promql_re,
         })
+    }
+
+    /// For `=~`/`!~`: the regex as promql-parser anchors it (`^(?:v)$`).
+    pub fn promql_regex(&self) -> Option<&regex::Regex> {
+        self.promql_re.as_ref()
     }
 
     /// Whether a label value (empty when the label is absent) satisfies the matcher.

@@ -370,6 +370,7 @@ async fn rewrite_mode_restricts_logql_everywhere() {
         "/loki/api/v1/detected_labels",
         "/loki/api/v1/detected_fields",
         "/loki/api/v1/detected_field/level/values",
+        "/loki/api/v1/tail",
     ] {
         assert_eq!(
             send(&client(), get(addr, path, Some(&a))).await.status,

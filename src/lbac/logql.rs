@@ -145,8 +145,8 @@ pub fn policy_selector(policy: &[Matcher]) -> String {
     .to_string()
 }
 
-/// The stream selectors of a query, as text, for checks.
-pub fn stream_selectors(query: &str) -> Result<Vec<String>, LbacError> {
+/// Byte offsets `(open, close)` of the `{` and `}` of every stream selector, for checks.
+pub fn selector_spans(query: &str) -> Result<Vec<(usize, usize)>, LbacError> {
     let b = query.as_bytes();
     let mut found = Vec::new();
     let mut i = 0;
@@ -167,13 +167,55 @@ pub fn stream_selectors(query: &str) -> Result<Vec<String>, LbacError> {
                         j + 1
                     };
                 }
-                found.push(query[i..(j + 1).min(b.len())].to_string());
+                if j >= b.len() {
+                    return Err(bad("unterminated stream selector"));
+                }
+                found.push((i, j));
                 i = j + 1;
             }
             _ => i += 1,
         }
     }
     Ok(found)
+}
+
+/// The stream selectors of a query, as text, for checks.
+pub fn stream_selectors(query: &str) -> Result<Vec<String>, LbacError> {
+    Ok(selector_spans(query)?
+        .into_iter()
+        .map(|(o, c)| query[o..=c].to_string())
+        .collect())
+}
+
+/// Undoes [`rewrite`] exactly, for checks: removes the policy text the rewriter inserted before
+/// each selector's `}`. `None` if some selector does not end with it.
+pub fn strip_policy(out: &str, policy: &[Matcher]) -> Option<String> {
+    let inner = {
+        let s = Selector {
+            matchers: policy.to_vec(),
+        }
+        .to_string();
+        s[1..s.len() - 1].to_string()
+    };
+    let with_sep = format!(", {inner}");
+    let mut restored = String::with_capacity(out.len());
+    let mut copied = 0;
+    for (open, close) in selector_spans(out).ok()? {
+        let body = &out[open + 1..close];
+        let cut = if body.ends_with(&with_sep)
+            && !body[..body.len() - with_sep.len()].trim().is_empty()
+        {
+            with_sep.len()
+        } else if body.ends_with(&inner) && body[..body.len() - inner.len()].trim().is_empty() {
+            inner.len()
+        } else {
+            return None;
+        };
+        restored.push_str(&out[copied..close - cut]);
+        copied = close;
+    }
+    restored.push_str(&out[copied..]);
+    Some(restored)
 }
 
 #[cfg(test)]
@@ -306,6 +348,28 @@ mod tests {
         let sels = stream_selectors(&out).unwrap();
         assert_eq!(sels.len(), 50);
         assert!(sels.iter().all(|s| s.ends_with(", env=\"prod\"}")));
+    }
+
+    #[test]
+    fn strip_policy_undoes_rewrite_exactly_even_with_lookalike_strings() {
+        for q in [
+            "{\r}",
+            r#"{a="env=\"prod\"}"} |= "env=\"prod\"}""#,
+            r#"{} or {a=", env=\"prod\"}"}"#,
+            "rate({ }[1m])",
+        ] {
+            let out = rw(q);
+            assert_eq!(
+                strip_policy(&out, &pol()).as_deref(),
+                Some(q),
+                "{q} → {out}"
+            );
+        }
+        assert_eq!(
+            strip_policy(r#"{a="b"}"#, &pol()),
+            None,
+            "an unrestricted selector is detected"
+        );
     }
 
     #[test]

@@ -19,6 +19,46 @@ pub enum LbacError {
 
 pub const USE_HEADER_MODE: &str = "use lbac.mode: header with a backend that enforces X-Prom-Label-Policy (Mimir or Loki with label-based access control)";
 
+/// Rewritten queries, keyed by language, parameter kind, policy and query text. Dashboards send
+/// the same query text again and again (only `start`/`end`/`time` change), and a PromQL parse
+/// costs far more than a lookup. Bounded by bytes; results (refusals included) are pure
+/// functions of the key, so a cached answer is always the answer.
+pub struct RewriteCache {
+    cache: moka::sync::Cache<String, Result<String, LbacError>>,
+}
+
+impl RewriteCache {
+    pub fn new(max_bytes: u64) -> RewriteCache {
+        let cache = moka::sync::Cache::builder()
+            .weigher(|k: &String, v: &Result<String, LbacError>| {
+                let n = k.len() + v.as_ref().map(String::len).unwrap_or(64) + 64;
+                u32::try_from(n).unwrap_or(u32::MAX)
+            })
+            .max_capacity(max_bytes)
+            .build();
+        RewriteCache { cache }
+    }
+
+    pub fn get_or_insert_with(
+        &self,
+        key: String,
+        f: impl FnOnce() -> Result<String, LbacError>,
+    ) -> Result<String, LbacError> {
+        if let Some(v) = self.cache.get(&key) {
+            return v;
+        }
+        let v = f();
+        self.cache.insert(key, v.clone());
+        v
+    }
+}
+
+impl Default for RewriteCache {
+    fn default() -> Self {
+        RewriteCache::new(32 << 20)
+    }
+}
+
 /// Go's `regexp.QuoteMeta`: escapes every RE2 metacharacter.
 pub fn quote_meta(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 4);
@@ -199,6 +239,26 @@ mod tests {
             assert_eq!(union, want, "{v}");
             assert_eq!(s.matches(|_| Some(v)), want, "{v}");
         }
+    }
+
+    #[test]
+    fn rewrite_cache_computes_once_per_key_refusals_included() {
+        let cache = RewriteCache::new(1 << 20);
+        let calls = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            let v = cache.get_or_insert_with("k".into(), || {
+                calls.set(calls.get() + 1);
+                Ok("out".into())
+            });
+            assert_eq!(v, Ok("out".to_string()));
+        }
+        let bad = || {
+            calls.set(calls.get() + 1);
+            Err(LbacError::BadQuery("x".into()))
+        };
+        assert!(cache.get_or_insert_with("b".into(), bad).is_err());
+        assert!(cache.get_or_insert_with("b".into(), bad).is_err());
+        assert_eq!(calls.get(), 2);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Applies a rewrite-mode restriction to a request: which parameter of which endpoint carries a
 //! query, in the query string and in a form body alike, and which endpoints cannot be filtered.
 
-use super::{LbacError, logql, promql};
+use super::{LbacError, RewriteCache, logql, promql};
 use crate::config::BackendKind;
 use crate::selector::Matcher;
 use bytes::Bytes;
@@ -68,33 +68,39 @@ pub fn treatment(kind: BackendKind, route: &str) -> (Lang, Treatment) {
     }
 }
 
-fn rewrite_one(
-    lang: Lang,
-    t: Treatment,
-    value: &str,
-    policy: &[Matcher],
-) -> Result<String, LbacError> {
-    match (lang, t) {
-        (Lang::PromQL, Treatment::Match) => promql::rewrite_series_selector(value, policy),
-        (Lang::PromQL, _) => promql::rewrite(value, policy),
-        (Lang::LogQL, _) => logql::rewrite(value, policy),
+/// What a rewrite is asked to do, with the cache that remembers the answers.
+pub struct Rewriter<'a> {
+    pub lang: Lang,
+    pub treatment: Treatment,
+    pub policy: &'a [Matcher],
+    pub cache: &'a RewriteCache,
+}
+
+impl Rewriter<'_> {
+    fn rewrite_one(&self, value: &str, policy_key: &str) -> Result<String, LbacError> {
+        let (lang, t, policy) = (self.lang, self.treatment, self.policy);
+        let key = format!("{lang:?}|{}|{policy_key}\u{0}{value}", t.param());
+        self.cache.get_or_insert_with(key, || match (lang, t) {
+            (Lang::PromQL, Treatment::Match) => promql::rewrite_series_selector(value, policy),
+            (Lang::PromQL, _) => promql::rewrite(value, policy),
+            (Lang::LogQL, _) => logql::rewrite(value, policy),
+        })
     }
 }
 
 /// Rewrites every `param` in an urlencoded string; returns the new string and whether any was found.
 fn rewrite_form(
     encoded: &[u8],
-    lang: Lang,
-    t: Treatment,
-    policy: &[Matcher],
+    rw: &Rewriter<'_>,
+    policy_key: &str,
 ) -> Result<(String, bool), LbacError> {
-    let param = t.param();
+    let param = rw.treatment.param();
     let mut found = false;
     let mut out = form_urlencoded::Serializer::new(String::new());
     for (k, v) in form_urlencoded::parse(encoded) {
         if k == param {
             found = true;
-            out.append_pair(&k, &rewrite_one(lang, t, &v, policy)?);
+            out.append_pair(&k, &rw.rewrite_one(&v, policy_key)?);
         } else {
             out.append_pair(&k, &v);
         }
@@ -127,15 +133,14 @@ pub async fn apply<B>(
     headers: &mut http::HeaderMap,
     query_string: Option<&str>,
     body: B,
-    lang: Lang,
-    t: Treatment,
-    policy: &[Matcher],
+    rw: &Rewriter<'_>,
     route: &str,
 ) -> Result<(Option<String>, Option<Bytes>), LbacError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let (lang, t, policy) = (rw.lang, rw.treatment, rw.policy);
     match t {
         Treatment::Refuse => {
             return Err(LbacError::Forbidden(format!(
@@ -146,8 +151,12 @@ where
         Treatment::Pass => return Ok((query_string.map(str::to_string), None)),
         _ => {}
     }
+    let policy_key = crate::selector::Selector {
+        matchers: policy.to_vec(),
+    }
+    .to_string();
     let (mut qs, mut found) = match query_string {
-        Some(q) => rewrite_form(q.as_bytes(), lang, t, policy)?,
+        Some(q) => rewrite_form(q.as_bytes(), rw, &policy_key)?,
         None => (String::new(), false),
     };
     // the body: read (bounded) and rewritten if it is a form, refused if it is anything else
@@ -164,7 +173,7 @@ where
     let new_body = if bytes.is_empty() {
         bytes
     } else if is_form(headers) {
-        let (b, f) = rewrite_form(&bytes, lang, t, policy)?;
+        let (b, f) = rewrite_form(&bytes, rw, &policy_key)?;
         found |= f;
         Bytes::from(b)
     } else {
@@ -209,13 +218,18 @@ mod tests {
             h.insert("content-type", c.parse().unwrap());
         }
         let (lang, t) = treatment(kind, route);
+        let (policy, cache) = (pol(), RewriteCache::default());
+        let rw = Rewriter {
+            lang,
+            treatment: t,
+            policy: &policy,
+            cache: &cache,
+        };
         let (q, b) = apply(
             &mut h,
             qs,
             Full::new(Bytes::from(body.to_string())),
-            lang,
-            t,
-            &pol(),
+            &rw,
             route,
         )
         .await?;

@@ -46,6 +46,7 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     upstreams: [Option<client::Upstream>; 4],
     pub ready: AtomicBool,
+    rewrite_cache: crate::lbac::RewriteCache,
 }
 
 fn slot_index(s: BackendSlot) -> usize {
@@ -73,6 +74,7 @@ impl Gateway {
             metrics,
             upstreams,
             ready: AtomicBool::new(false),
+            rewrite_cache: crate::lbac::RewriteCache::default(),
         })
     }
 
@@ -451,23 +453,21 @@ async fn forward(
             (parts.uri.query().map(str::to_string), incoming(body))
         }
         Enforcement::Rewrite(policy) => {
-            use crate::lbac::request::{Treatment, apply, treatment};
+            use crate::lbac::request::{Rewriter, Treatment, apply, treatment};
             let (lang, t) = treatment(b.kind, route.name);
             if t == Treatment::Pass {
                 (parts.uri.query().map(str::to_string), incoming(body))
             } else {
                 let qs = parts.uri.query().map(str::to_string);
-                let (q, new_body) = apply(
-                    &mut parts.headers,
-                    qs.as_deref(),
-                    body,
+                let rw = Rewriter {
                     lang,
-                    t,
-                    &policy,
-                    route.name,
-                )
-                .await
-                .map_err(lbac_failure)?;
+                    treatment: t,
+                    policy: &policy,
+                    cache: &gw.rewrite_cache,
+                };
+                let (q, new_body) = apply(&mut parts.headers, qs.as_deref(), body, &rw, route.name)
+                    .await
+                    .map_err(lbac_failure)?;
                 (q, full(new_body.unwrap_or_default()))
             }
         }
