@@ -170,12 +170,17 @@ pub fn rewrite_series_selector(sel: &str, policy: &[Matcher]) -> Result<String, 
     rewrite(sel, policy)
 }
 
-/// The `match[]` to add when a series/labels request has none: just the policy.
+/// The `match[]` to add when a series/labels request has none: the policy. Prometheus refuses a
+/// selector whose every matcher matches the empty string (`{env!="dev"}`); `__name__=~".+"` is
+/// then added, which every series satisfies, so the selection is exactly the policy's.
 pub fn policy_selector(policy: &[Matcher]) -> String {
-    crate::selector::Selector {
-        matchers: policy.to_vec(),
+    let mut matchers = policy.to_vec();
+    if matchers.iter().all(|m| m.matches("")) {
+        if let Ok(any_name) = Matcher::new("__name__", MatchOp::Re, ".+") {
+            matchers.insert(0, any_name);
+        }
     }
-    .to_string()
+    crate::selector::Selector { matchers }.to_string()
 }
 
 #[cfg(test)]
@@ -387,5 +392,9 @@ mod tests {
             Err(LbacError::BadQuery(_))
         ));
         assert_eq!(policy_selector(&p), "{env=\"prod\"}");
+        assert_eq!(
+            policy_selector(&pol(r#"{env!="dev"}"#)),
+            "{__name__=~\".+\", env!=\"dev\"}"
+        );
     }
 }
