@@ -175,10 +175,10 @@ pub fn rewrite_series_selector(sel: &str, policy: &[Matcher]) -> Result<String, 
 /// then added, which every series satisfies, so the selection is exactly the policy's.
 pub fn policy_selector(policy: &[Matcher]) -> String {
     let mut matchers = policy.to_vec();
-    if matchers.iter().all(|m| m.matches("")) {
-        if let Ok(any_name) = Matcher::new("__name__", MatchOp::Re, ".+") {
-            matchers.insert(0, any_name);
-        }
+    if matchers.iter().all(|m| m.matches(""))
+        && let Ok(any_name) = Matcher::new("__name__", MatchOp::Re, ".+")
+    {
+        matchers.insert(0, any_name);
     }
     crate::selector::Selector { matchers }.to_string()
 }
