@@ -95,43 +95,17 @@ pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
         .to_string();
         s[1..s.len() - 1].to_string() // without the braces
     };
-    let b = query.as_bytes();
-    let mut out = String::with_capacity(query.len() + 8 * policy_text.len());
-    let mut i = 0;
+    let spans = selector_spans(query)?;
+    let mut out = String::with_capacity(query.len() + spans.len() * (policy_text.len() + 2));
     let mut copied = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' | b'`' => i = skip_string(b, i)?,
-            b'#' => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'}' => return Err(bad("unbalanced '}'")),
-            b'{' => {
-                // find the matching '}', skipping strings inside the selector
-                let open = i;
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return Err(bad("unterminated stream selector")),
-                        Some(b'"') | Some(b'`') => j = skip_string(b, j)?,
-                        Some(b'{') => return Err(bad("'{' inside a stream selector")),
-                        Some(b'}') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                let has_matchers = check_matchers(&b[open + 1..j])?;
-                out.push_str(&query[copied..j]);
-                if has_matchers {
-                    out.push_str(", ");
-                }
-                out.push_str(&policy_text);
-                copied = j;
-                i = j + 1;
-            }
-            _ => i += 1,
+    for (open, close) in spans {
+        let has_matchers = check_matchers(&query.as_bytes()[open + 1..close])?;
+        out.push_str(&query[copied..close]);
+        if has_matchers {
+            out.push_str(", ");
         }
+        out.push_str(&policy_text);
+        copied = close;
     }
     out.push_str(&query[copied..]);
     Ok(out)
@@ -145,7 +119,9 @@ pub fn policy_selector(policy: &[Matcher]) -> String {
     .to_string()
 }
 
-/// Byte offsets `(open, close)` of the `{` and `}` of every stream selector, for checks.
+/// Byte offsets `(open, close)` of the `{` and `}` of every stream selector, skipping strings
+/// and `#` comments. A `}` outside a selector, a `{` inside one, or an unterminated string or
+/// selector is an error.
 pub fn selector_spans(query: &str) -> Result<Vec<(usize, usize)>, LbacError> {
     let b = query.as_bytes();
     let mut found = Vec::new();
@@ -158,17 +134,17 @@ pub fn selector_spans(query: &str) -> Result<Vec<(usize, usize)>, LbacError> {
                     i += 1;
                 }
             }
+            b'}' => return Err(bad("unbalanced '}'")),
             b'{' => {
                 let mut j = i + 1;
-                while j < b.len() && b[j] != b'}' {
-                    j = if b[j] == b'"' || b[j] == b'`' {
-                        skip_string(b, j)?
-                    } else {
-                        j + 1
-                    };
-                }
-                if j >= b.len() {
-                    return Err(bad("unterminated stream selector"));
+                loop {
+                    match b.get(j) {
+                        None => return Err(bad("unterminated stream selector")),
+                        Some(b'"') | Some(b'`') => j = skip_string(b, j)?,
+                        Some(b'{') => return Err(bad("'{' inside a stream selector")),
+                        Some(b'}') => break,
+                        Some(_) => j += 1,
+                    }
                 }
                 found.push((i, j));
                 i = j + 1;

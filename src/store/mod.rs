@@ -108,51 +108,51 @@ impl Snapshot {
 
     /// Flattens a token, its policy or service account into what `decide` needs.
     pub fn resolve(&self, rec: &TokenRecord) -> Identity {
+        type Grant = (String, ScopeSet, Arc<[Realm]>, Arc<[ipnet::IpNet]>);
+        let nothing = |name: &str| -> Grant {
+            (
+                name.to_string(),
+                ScopeSet::default(),
+                Arc::from(Vec::new()),
+                Arc::from(Vec::new()),
+            )
+        };
+        let of_policy = |p: &AccessPolicy| -> Grant {
+            (
+                p.name.clone(),
+                p.scopes,
+                p.realms.clone(),
+                p.allowed_subnets.clone(),
+            )
+        };
         let mut active = rec.status == Status::Active;
-        let (policy_name, scopes, realms, subnets): (
-            String,
-            ScopeSet,
-            Arc<[Realm]>,
-            Arc<[ipnet::IpNet]>,
-        ) = match &rec.owner {
+        let (policy_name, scopes, realms, subnets): Grant = match &rec.owner {
             TokenOwner::Policy(name) => match self.policies.get(name) {
                 Some(p) => {
                     active &= p.status == Status::Active;
-                    (
-                        p.name.clone(),
-                        p.scopes,
-                        p.realms.clone(),
-                        p.allowed_subnets.clone(),
-                    )
+                    of_policy(p)
                 }
-                None => (
-                    name.clone(),
-                    ScopeSet::default(),
-                    Arc::from(Vec::new()),
-                    Arc::from(Vec::new()),
-                ),
+                None => {
+                    active = false;
+                    nothing(name)
+                }
             },
             TokenOwner::ServiceAccount(name) => match self.service_accounts.get(name) {
+                None => {
+                    active = false;
+                    nothing(name)
+                }
                 Some(sa) => {
                     active &= !sa.disabled;
-                    match sa.access_policy.as_ref().and_then(|p| self.policies.get(p)) {
-                        Some(p) => {
+                    match sa.access_policy.as_ref().map(|p| self.policies.get(p)) {
+                        Some(Some(p)) => {
                             active &= p.status == Status::Active;
-                            (
-                                p.name.clone(),
-                                p.scopes,
-                                p.realms.clone(),
-                                p.allowed_subnets.clone(),
-                            )
+                            of_policy(p)
                         }
-                        None if sa.access_policy.is_some() => {
+                        // names a policy that is not there: fail closed
+                        Some(None) => {
                             active = false;
-                            (
-                                name.clone(),
-                                ScopeSet::default(),
-                                Arc::from(Vec::new()),
-                                Arc::from(Vec::new()),
-                            )
+                            nothing(name)
                         }
                         None => (
                             format!("serviceaccount:{}", sa.name),
@@ -165,15 +165,6 @@ impl Snapshot {
                             Arc::from(Vec::new()),
                         ),
                     }
-                }
-                None => {
-                    active = false;
-                    (
-                        name.clone(),
-                        ScopeSet::default(),
-                        Arc::from(Vec::new()),
-                        Arc::from(Vec::new()),
-                    )
                 }
             },
         };
