@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark (see run.sh). Only loopback addresses are used; every run is
+bounded by DURATION seconds and every process started here is stopped at the end."""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+DURATION = int(os.environ.get("DURATION", "10"))
+RATE = int(os.environ.get("RATE", "4000"))  # fixed-rate run, requests/s in total
+CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OUT = os.path.join(ROOT, "target", "bench-report")
+OBSGATE = os.path.join(ROOT, "target", "release", "obsgate")
+PATH = "/prometheus/api/v1/query?query=up"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total
+
+
+def family(pid):
+    """The process and its children (nginx workers)."""
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [int(k) for k in kids]
+
+
+def start(cmd, log, core="1", env=None):
+    return subprocess.Popen(["taskset", "-c", core] + cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def wrk(url, auth, rate=None):
+    script = os.path.join(WORK, "wrk.lua")
+    with open(script, "w") as f:
+        f.write('wrk.headers["Authorization"] = "%s"\n' % auth if auth else "")
+        if rate:
+            # each connection waits so that all together send about `rate` requests per second
+            f.write("function delay() return %d end\n" % max(1, int(CONNECTIONS * 1000 / rate)))
+    cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "--latency", "-s", script, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION + 60).stdout
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    for m in re.finditer(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return {"requests": reqs, "rps": rps, "p50": lat("50"), "p99": lat("99"), "errors": errors, "raw": out}
+
+
+def measure(name, url, auth, pids):
+    res = {}
+    for mode, rate in (("saturation", None), ("fixed", RATE)):
+        before = cpu_ticks(pids())
+        r = wrk(url, auth, rate)
+        after = cpu_ticks(pids())
+        r["cpu_us_per_req"] = (after - before) / CLK_TCK * 1e6 / max(1, r["requests"]) if pids() else float("nan")
+        res[mode] = r
+        print(f"{name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+              f"cpu {r['cpu_us_per_req']:.1f} µs/req  errors {r['errors']}", flush=True)
+    return res
+
+
+WORK = tempfile.mkdtemp(prefix="obsgate-load-")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(os.path.join(WORK, "tmp"), exist_ok=True)
+    up, nx, ha, gw = free_port(), free_port(), free_port(), free_port()
+    temps = " ".join(f"{d}_temp_path {WORK}/tmp/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    with open(f"{WORK}/up.conf", "w") as f:
+        f.write(f"worker_processes 1; daemon off; pid {WORK}/up.pid; error_log {WORK}/up-error.log;\n"
+                f"events {{ worker_connections 4096; }}\n"
+                f"http {{ access_log off; {temps}\n"
+                f"  server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok\\n'; }} }} }}\n")
+    with open(f"{WORK}/nx.conf", "w") as f:
+        f.write(f"worker_processes 1; daemon off; pid {WORK}/nx.pid; error_log {WORK}/nx-error.log;\n"
+                f"events {{ worker_connections 4096; }}\n"
+                f"http {{ access_log off; {temps}\n"
+                f"  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
+                f"  server {{ listen 127.0.0.1:{nx}; location / {{ proxy_pass http://up; proxy_http_version 1.1;"
+                f" proxy_set_header Connection \"\"; }} }} }}\n")
+    with open(f"{WORK}/ha.cfg", "w") as f:
+        f.write(f"global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n"
+                f"  timeout client 30s\n  timeout server 30s\n  http-reuse always\n"
+                f"frontend f\n  bind 127.0.0.1:{ha}\n  default_backend b\n"
+                f"backend b\n  server s1 127.0.0.1:{up}\n")
+    # obsgate with every check on: glc token, realm, scope, allowed subnet, LBAC header mode
+    payload = json.dumps({"o": "1", "n": "bench-load", "k": "loadbenchsecret0123456789abcdefghij", "m": {"r": "local"}})
+    token = "glc_" + base64.b64encode(payload.encode()).decode()
+    digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+    with open(f"{WORK}/policies.yaml", "w") as f:
+        f.write("tenants:\n  - name: bench\naccess_policies:\n  - name: bench-read\n    scopes: [metrics:read]\n"
+                "    realms:\n      - tenant: bench\n        label_policies:\n          - selector: '{env=\"prod\"}'\n"
+                "    conditions:\n      allowed_subnets: [\"127.0.0.0/8\"]\n"
+                f"tokens:\n  - name: load\n    access_policy: bench-read\n    hash: \"{digest}\"\n")
+    with open(f"{WORK}/gateway.yaml", "w") as f:
+        f.write(f"server:\n  listen: \"127.0.0.1:{gw}\"\nstore:\n  policy_files: [policies.yaml]\n"
+                f"backends:\n  metrics:\n    kind: mimir\n    url: \"http://127.0.0.1:{up}\"\n"
+                f"lbac:\n  mode: header\nlog:\n  level: warn\n")
+    auth = "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()
+
+    procs = []
+    log = open(f"{WORK}/procs.log", "w")
+    try:
+        upstream = start(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], log)
+        procs.append(upstream)
+        wait_port(up)
+        results = {}
+        results["direct"] = measure("direct", f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
+
+        env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+        g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
+        procs.append(g)
+        wait_port(gw)
+        results["obsgate"] = measure("obsgate", f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
+        g.send_signal(signal.SIGTERM)
+        g.wait(timeout=30)
+
+        n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
+        procs.append(n)
+        wait_port(nx)
+        results["nginx"] = measure("nginx", f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
+        n.send_signal(signal.SIGQUIT)
+        n.wait(timeout=30)
+
+        h = start(["haproxy", "-f", f"{WORK}/ha.cfg"], log)
+        procs.append(h)
+        wait_port(ha)
+        results["haproxy"] = measure("haproxy", f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        log.close()
+
+    report(results)
+    failed = sum(r[m]["errors"] for r in results.values() for m in r)
+    shutil.rmtree(WORK, ignore_errors=True)
+    if failed:
+        raise SystemExit(f"{failed} failed requests")
+
+
+def report(results):
+    ng = results["nginx"]["saturation"]["cpu_us_per_req"]
+    og = results["obsgate"]["saturation"]["cpu_us_per_req"]
+    lines = [
+        f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run; wrk on core 0, proxy and upstream on core 1;",
+        f"fixed rate ≈ {RATE} req/s. obsgate runs every check (glc token, realm, scope, subnet, LBAC header mode).",
+        "",
+        "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        for mode in ("saturation", "fixed"):
+            x = r[mode]
+            cpu = "—" if x["cpu_us_per_req"] != x["cpu_us_per_req"] else f"{x['cpu_us_per_req']:.1f}"
+            lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {cpu} | {x['errors']} |")
+    lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 0.80×)."]
+    md = "\n".join(lines) + "\n"
+    with open(os.path.join(OUT, "load.md"), "w") as f:
+        f.write(md)
+    # a bar chart of CPU per request and req/s at saturation
+    names = [n for n in results if n != "direct"]
+    cpus = [results[n]["saturation"]["cpu_us_per_req"] for n in names]
+    rps = [results[n]["saturation"]["rps"] for n in results]
+    w, h, bar = 640, 300, 60
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           '<text x="10" y="18" font-size="14">Proxy CPU per request (µs), saturation</text>']
+    top = max(cpus) or 1
+    for i, (n, c) in enumerate(zip(names, cpus)):
+        bh = 200 * c / top
+        x = 40 + i * (bar + 40)
+        svg.append(f'<rect x="{x}" y="{260 - bh:.0f}" width="{bar}" height="{bh:.0f}" fill="#4a7bd0"/>')
+        svg.append(f'<text x="{x}" y="{255 - bh:.0f}">{c:.1f}</text><text x="{x}" y="278">{n}</text>')
+    svg.append('<text x="360" y="18" font-size="14">req/s, saturation</text>')
+    topr = max(rps) or 1
+    for i, (n, r) in enumerate(zip(results, rps)):
+        bh = 200 * r / topr
+        x = 360 + i * 68
+        svg.append(f'<rect x="{x}" y="{260 - bh:.0f}" width="48" height="{bh:.0f}" fill="#d08a4a"/>')
+        svg.append(f'<text x="{x}" y="{255 - bh:.0f}" font-size="10">{r:.0f}</text><text x="{x}" y="278" font-size="10">{n}</text>')
+    svg.append("</svg>")
+    with open(os.path.join(OUT, "load.svg"), "w") as f:
+        f.write("\n".join(svg) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: the same nginx `return 200` upstream reached directly, through
+# obsgate (full checks), through nginx proxy_pass (keepalive) and through haproxy (http-reuse).
+# wrk runs on core 0; the proxy under test and the upstream share core 1.
+# Output: target/bench-report/load.md and target/bench-report/load.svg.
+#   bash benches/load/run.sh            (DURATION=10 RATE=4000 CONNECTIONS=32 to override)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+need=()
+for b in nginx haproxy wrk; do command -v "$b" >/dev/null 2>&1 || need+=("$b"); done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked --bin obsgate
+exec python3 benches/load/run.py
