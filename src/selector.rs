@@ -28,11 +28,12 @@ pub struct Matcher {
     pub name: String,
     pub op: MatchOp,
     pub value: String,
-    /// For `=~`/`!~`: the value compiled fully anchored, as Prometheus does.
-    re: Option<regex::Regex>,
-    /// The same regex in promql-parser's form (`^(?:v)$`), compiled once at load so that query
-    /// rewriting never compiles a policy regex on the request path.
-    promql_re: Option<regex::Regex>,
+    /// For `=~`/`!~`: the value compiled fully anchored as Prometheus does (`^(?s:v)$`),
+    /// on first use. Load only checks the syntax: compiling every policy's regexes up front
+    /// costs seconds and hundreds of MiB at 10k policies.
+    re: std::sync::OnceLock<Option<regex::Regex>>,
+    /// The same regex in promql-parser's form (`^(?:v)$`), also compiled on first use, once.
+    promql_re: std::sync::OnceLock<Option<regex::Regex>>,
 }
 
 impl PartialEq for Matcher {
@@ -47,39 +48,45 @@ impl Matcher {
         if !valid_label_name(name) {
             return Err(format!("invalid label name {name:?}"));
         }
-        let (re, promql_re) = match op {
-            MatchOp::Re | MatchOp::Nre => {
-                let bad = |e: regex::Error| format!("invalid regular expression {value:?}: {e}");
-                (
-                    Some(regex::Regex::new(&format!("^(?s:{value})$")).map_err(bad)?),
-                    Some(regex::Regex::new(&format!("^(?:{value})$")).map_err(bad)?),
-                )
-            }
-            _ => (None, None),
-        };
+        if matches!(op, MatchOp::Re | MatchOp::Nre) {
+            regex_syntax::Parser::new()
+                .parse(&format!("^(?s:{value})$"))
+                .map_err(|e| format!("invalid regular expression {value:?}: {e}"))?;
+        }
         Ok(Matcher {
             name: name.to_string(),
             op,
             value: value.to_string(),
-            re,
-            promql_re,
+            re: std::sync::OnceLock::new(),
+            promql_re: std::sync::OnceLock::new(),
         })
+    }
+
+    fn regex(&self) -> Option<&regex::Regex> {
+        self.re
+            .get_or_init(|| regex::Regex::new(&format!("^(?s:{})$", self.value)).ok())
+            .as_ref()
     }
 
     /// For `=~`/`!~`: the regex as promql-parser anchors it (`^(?:v)$`).
     pub fn promql_regex(&self) -> Option<&regex::Regex> {
-        self.promql_re.as_ref()
+        match self.op {
+            MatchOp::Re | MatchOp::Nre => self
+                .promql_re
+                .get_or_init(|| regex::Regex::new(&format!("^(?:{})$", self.value)).ok())
+                .as_ref(),
+            _ => None,
+        }
     }
 
     /// Whether a label value (empty when the label is absent) satisfies the matcher.
     pub fn matches(&self, v: &str) -> bool {
-        match (self.op, &self.re) {
-            (MatchOp::Eq, _) => v == self.value,
-            (MatchOp::Neq, _) => v != self.value,
-            (MatchOp::Re, Some(re)) => re.is_match(v),
-            (MatchOp::Nre, Some(re)) => !re.is_match(v),
-            // a regex op always has its compiled regex; fail closed if not
-            _ => false,
+        match self.op {
+            MatchOp::Eq => v == self.value,
+            MatchOp::Neq => v != self.value,
+            // a regex that passed the syntax check but cannot be compiled: fail closed
+            MatchOp::Re => self.regex().is_some_and(|re| re.is_match(v)),
+            MatchOp::Nre => self.regex().is_some_and(|re| !re.is_match(v)),
         }
     }
 }

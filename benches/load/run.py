@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -106,6 +107,7 @@ def measure(name, url, auth, pids):
 
 
 WORK = tempfile.mkdtemp(prefix="obsgate-load-")
+RELOADS = [0]
 
 
 def main():
@@ -158,7 +160,22 @@ def main():
         g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
         procs.append(g)
         wait_port(gw)
+        # a policy reload every second during the whole obsgate run (rename-over, as editors do)
+        stop = threading.Event()
+        def reload_every_second():
+            text = open(f"{WORK}/policies.yaml").read()
+            while not stop.wait(1.0):
+                with open(f"{WORK}/policies.yaml.tmp", "w") as f:
+                    f.write(text)
+                os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
+        reloader = threading.Thread(target=reload_every_second, daemon=True)
+        reloader.start()
         results["obsgate"] = measure("obsgate", f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
+        stop.set()
+        reloader.join()
+        metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"], capture_output=True, text=True).stdout
+        m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
+        RELOADS[0] = int(m.group(1)) - 1 if m else 0
         g.send_signal(signal.SIGTERM)
         g.wait(timeout=30)
 
@@ -202,7 +219,8 @@ def report(results):
             x = r[mode]
             cpu = "—" if x["cpu_us_per_req"] != x["cpu_us_per_req"] else f"{x['cpu_us_per_req']:.1f}"
             lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {cpu} | {x['errors']} |")
-    lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 0.80×)."]
+    lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 0.80×).",
+              f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
     md = "\n".join(lines) + "\n"
     with open(os.path.join(OUT, "load.md"), "w") as f:
         f.write(md)

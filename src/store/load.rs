@@ -177,7 +177,21 @@ fn parse_file(path: &Path, text: &str) -> Result<RawFile, FileError> {
     if !meaningful {
         return Ok(RawFile::default());
     }
-    serde_saphyr::from_str(text).map_err(|e| FileError::from_yaml(path, &e))
+    serde_saphyr::from_str_with_options(text, yaml_options())
+        .map_err(|e| FileError::from_yaml(path, &e))
+}
+
+/// Policy files are written by operators and can be large (100k tokens is 10M+ YAML nodes), so
+/// the parser's size budget is raised well above its defaults (250k nodes, 1M events). Its limits
+/// on aliases, anchors and nesting, which stop YAML bombs, stay as they are.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 100_000_000;
+    budget.max_nodes = 50_000_000;
+    budget.max_total_scalar_bytes = 1 << 30;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// Reads, merges and validates policy files for a gateway in `cluster`.
@@ -742,6 +756,20 @@ tokens:
         .unwrap_err();
         assert_eq!(e.0[0].file, PathBuf::from("b.yaml"));
         assert!(e.0[0].message.contains("defined twice"));
+    }
+
+    #[test]
+    fn large_policy_files_load_past_the_parser_default_budget() {
+        // 40k tokens is about 280k YAML nodes: over serde-saphyr's default budget of 250k
+        let mut t =
+            String::from("tenants: [{name: team-a}]\naccess_policies:\n  - name: pol\ntokens:\n");
+        for i in 0..40_000 {
+            t += &format!(
+                "  - {{name: t{i}, access_policy: pol, hash: \"sha256:{:064x}\"}}\n",
+                i + 1
+            );
+        }
+        assert_eq!(load(&t).unwrap().counts().tokens, 40_000);
     }
 
     #[test]
