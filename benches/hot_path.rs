@@ -180,6 +180,14 @@ fn benches(c: &mut Criterion) {
         });
     }
     let sel = obsgate::selector::parse_selector(r#"{env="prod", team=~"a|b"}"#).unwrap();
+    // selector matching against a label set (regexes compile on first use, then are reused)
+    let labels = [("env", "prod"), ("team", "b"), ("job", "api")];
+    let get = |n: &str| labels.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+    assert!(sel.matches(get));
+    c.bench_function("selector/match 2 matchers (= and =~)", |b| {
+        b.iter(|| black_box(&sel).matches(get))
+    });
+
     c.bench_function("lbac/header_value_encoding", |b| {
         b.iter(|| {
             format!(
