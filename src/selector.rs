@@ -116,14 +116,23 @@ impl Selector {
 impl fmt::Display for Selector {
     /// Canonical form `{name="value", other!~"re"}` with Go-style string escapes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
-        for (i, m) in self.matchers.iter().enumerate() {
+        write!(f, "{{{}}}", MatchersText(&self.matchers))
+    }
+}
+
+/// Matchers printed as in a selector but without the braces: `name="value", other!~"re"`.
+/// Prints a borrowed slice, so a policy is never cloned just to be written out.
+pub struct MatchersText<'a>(pub &'a [Matcher]);
+
+impl fmt::Display for MatchersText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
             write!(f, "{m}")?;
         }
-        f.write_str("}")
+        Ok(())
     }
 }
 

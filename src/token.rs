@@ -138,11 +138,12 @@ impl TokenHash {
         self.0.ct_eq(&other.0).into()
     }
 
-    /// First 8 bytes, used only to pick candidates from an index; the final check is `ct_eq`.
+    /// First 8 bytes, big-endian so it orders like the bytes: used only to pick candidates
+    /// from a sorted index; the final check is `ct_eq`.
     pub fn prefix(&self) -> u64 {
         let mut p = [0u8; 8];
         p.copy_from_slice(&self.0[..8]);
-        u64::from_le_bytes(p)
+        u64::from_be_bytes(p)
     }
 
     /// The stored form `sha256:<lowercase hex>`.

@@ -7,7 +7,7 @@
 //! `line_format`/`label_format` strings and regexes with `{n}` are left alone.
 
 use super::LbacError;
-use crate::selector::{Matcher, Selector, valid_label_name};
+use crate::selector::{Matcher, MatchersText, valid_label_name};
 
 pub const MAX_QUERY_LEN: usize = 128 * 1024;
 
@@ -88,13 +88,7 @@ pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
     if query.trim().is_empty() {
         return Err(bad("empty query"));
     }
-    let policy_text = {
-        let s = Selector {
-            matchers: policy.to_vec(),
-        }
-        .to_string();
-        s[1..s.len() - 1].to_string() // without the braces
-    };
+    let policy_text = MatchersText(policy).to_string();
     let spans = selector_spans(query)?;
     let mut out = String::with_capacity(query.len() + spans.len() * (policy_text.len() + 2));
     let mut copied = 0;
@@ -113,10 +107,7 @@ pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
 
 /// The stream selector to send when a labels/series request names none: just the policy.
 pub fn policy_selector(policy: &[Matcher]) -> String {
-    Selector {
-        matchers: policy.to_vec(),
-    }
-    .to_string()
+    format!("{{{}}}", MatchersText(policy))
 }
 
 /// Byte offsets `(open, close)` of the `{` and `}` of every stream selector, skipping strings
@@ -166,13 +157,7 @@ pub fn stream_selectors(query: &str) -> Result<Vec<String>, LbacError> {
 /// Undoes [`rewrite`] exactly, for checks: removes the policy text the rewriter inserted before
 /// each selector's `}`. `None` if some selector does not end with it.
 pub fn strip_policy(out: &str, policy: &[Matcher]) -> Option<String> {
-    let inner = {
-        let s = Selector {
-            matchers: policy.to_vec(),
-        }
-        .to_string();
-        s[1..s.len() - 1].to_string()
-    };
+    let inner = MatchersText(policy).to_string();
     let with_sep = format!(", {inner}");
     let mut restored = String::with_capacity(out.len());
     let mut copied = 0;

@@ -151,10 +151,7 @@ where
         Treatment::Pass => return Ok((query_string.map(str::to_string), None)),
         _ => {}
     }
-    let policy_key = crate::selector::Selector {
-        matchers: policy.to_vec(),
-    }
-    .to_string();
+    let policy_key = crate::selector::MatchersText(policy).to_string();
     let (mut qs, mut found) = match query_string {
         Some(q) => rewrite_form(q.as_bytes(), rw, &policy_key)?,
         None => (String::new(), false),

@@ -97,9 +97,7 @@ impl Snapshot {
     /// the final equality is constant-time.
     pub fn lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
         let p = h.prefix();
-        let start = self
-            .tokens
-            .partition_point(|t| t.hash.prefix_be() < h.prefix_be());
+        let start = self.tokens.partition_point(|t| t.hash.prefix() < p);
         self.tokens[start..]
             .iter()
             .take_while(|t| t.hash.prefix() == p)
@@ -180,15 +178,6 @@ impl Snapshot {
             default_tenant,
             generation: self.generation,
         }
-    }
-}
-
-impl TokenHash {
-    /// Big-endian prefix: orders like the byte array, which is how tokens are sorted.
-    fn prefix_be(&self) -> u64 {
-        let mut p = [0u8; 8];
-        p.copy_from_slice(&self.0[..8]);
-        u64::from_be_bytes(p)
     }
 }
 

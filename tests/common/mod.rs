@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use obsgate::proxy::server::{Running, start};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -372,8 +372,4 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
