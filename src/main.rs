@@ -209,9 +209,20 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     obsgate::telemetry::init_logging(&cfg.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    // One core (by affinity, or TOKIO_WORKER_THREADS=1): the single-threaded scheduler, which
+    // skips the work-stealing machinery. More: one worker per core.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match b.enable_all().build()
     {
         Ok(rt) => rt,
         Err(e) => {
@@ -250,3 +261,6 @@ fn serve(path: PathBuf) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -35,16 +35,28 @@ fn hit(name: &'static str, scope: Scope) -> Option<Hit> {
 /// Refuses paths that a normalising upstream could resolve to another route: empty, `.` or
 /// `..` segments, encoded dots, slashes or backslashes, and raw backslashes.
 pub fn path_is_safe(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return false;
     }
-    let lower_has = |pat: &str| {
-        path.as_bytes()
-            .windows(pat.len())
-            .any(|w| w.eq_ignore_ascii_case(pat.as_bytes()))
-    };
-    if lower_has("%2e") || lower_has("%2f") || lower_has("%5c") || lower_has("%00") {
-        return false;
+    // one pass: raw backslashes, and %2e %2f %5c %00 in either case
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\\' => return false,
+            b'%' => {
+                let pair = (
+                    b.get(i + 1).map(u8::to_ascii_lowercase),
+                    b.get(i + 2).map(u8::to_ascii_lowercase),
+                );
+                if matches!(
+                    pair,
+                    (Some(b'2'), Some(b'e' | b'f')) | (Some(b'5'), Some(b'c')) | (Some(b'0'), Some(b'0'))
+                ) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
     }
     let segs = path[1..].split('/');
     let mut segs = segs.peekable();

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use std::fmt;
+use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatchOp {
@@ -99,12 +100,37 @@ impl fmt::Display for Matcher {
 }
 
 /// A conjunction of matchers (AND).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Selector {
     pub matchers: Vec<Matcher>,
+    /// `path_escape` of the canonical text, computed on first use (header-mode LBAC sends it
+    /// on every restricted read).
+    path_escaped: OnceLock<Box<str>>,
 }
 
+impl PartialEq for Selector {
+    fn eq(&self, other: &Selector) -> bool {
+        self.matchers == other.matchers
+    }
+}
+
+impl Eq for Selector {}
+
 impl Selector {
+    pub fn new(matchers: Vec<Matcher>) -> Selector {
+        Selector {
+            matchers,
+            path_escaped: OnceLock::new(),
+        }
+    }
+
+    /// The canonical text, path-escaped (Go's `url.PathEscape`), as `X-Prom-Label-Policy`
+    /// carries it.
+    pub fn path_escaped(&self) -> &str {
+        self.path_escaped
+            .get_or_init(|| path_escape(&self.to_string()).into_boxed_str())
+    }
+
     /// Whether a label set satisfies every matcher (absent labels read as "").
     pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.matchers
@@ -200,7 +226,7 @@ impl RawSelector {
                     };
                     matchers.push(Matcher::new(&m.name, op, &m.value)?);
                 }
-                Ok(Selector { matchers })
+                Ok(Selector::new(matchers))
             }
         }
     }
@@ -254,7 +280,7 @@ pub fn parse_selector(text: &str) -> Result<Selector, String> {
     if matchers.is_empty() {
         return Err(format!("selector {text:?} has no matchers"));
     }
-    Ok(Selector { matchers })
+    Ok(Selector::new(matchers))
 }
 
 struct Parser<'a> {

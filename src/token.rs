@@ -80,11 +80,10 @@ pub fn parse(token: &str) -> Result<TokenKind, Malformed> {
 }
 
 fn parse_glc(b64: &str) -> Result<(), Malformed> {
-    let mut buf = [0u8; MAX_TOKEN_LEN];
-    let n = base64::engine::general_purpose::STANDARD
-        .decode_slice(b64.as_bytes(), &mut buf)
+    let buf = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
         .map_err(|_| Malformed::Base64)?;
-    let json = &buf[..n];
+    let json = &buf[..];
     // serde derives also accept a JSON array for a struct; the format demands an object.
     match json.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}

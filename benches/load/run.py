@@ -19,6 +19,9 @@ import time
 DURATION = int(os.environ.get("DURATION", "10"))
 RATE = int(os.environ.get("RATE", "4000"))  # fixed-rate run, requests/s in total
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
+# ONLY=obsgate,nginx runs a subset (for tuning); PERF=1 records obsgate's saturation run with perf
+ONLY = set(filter(None, os.environ.get("ONLY", "direct,obsgate,nginx,haproxy").split(",")))
+PERF = os.environ.get("PERF") == "1"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "target", "bench-report")
 OBSGATE = os.path.join(ROOT, "target", "release", "obsgate")
@@ -46,15 +49,17 @@ def wait_port(port, timeout=15):
 
 
 def cpu_ticks(pids):
-    total = 0
+    """(user, system) clock ticks of these processes."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total
+    return user, system
 
 
 def family(pid):
@@ -97,17 +102,53 @@ def measure(name, url, auth, pids):
     res = {}
     for mode, rate in (("saturation", None), ("fixed", RATE)):
         before = cpu_ticks(pids())
+        perf = None
+        if PERF and name == "obsgate" and rate is None:
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", os.path.join(OUT, "obsgate.perf.data"),
+                                     "-p", ",".join(str(p) for p in pids()), "--", "sleep", str(DURATION)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = wrk(url, auth, rate)
+        if perf:
+            perf.wait()
         after = cpu_ticks(pids())
-        r["cpu_us_per_req"] = (after - before) / CLK_TCK * 1e6 / max(1, r["requests"]) if pids() else float("nan")
+        per_req = lambda ticks: ticks / CLK_TCK * 1e6 / max(1, r["requests"]) if pids() else float("nan")
+        r["user_us_per_req"] = per_req(after[0] - before[0])
+        r["sys_us_per_req"] = per_req(after[1] - before[1])
+        r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
         res[mode] = r
         print(f"{name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-              f"cpu {r['cpu_us_per_req']:.1f} µs/req  errors {r['errors']}", flush=True)
+              f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f})  errors {r['errors']}", flush=True)
     return res
 
 
 WORK = tempfile.mkdtemp(prefix="obsgate-load-")
 RELOADS = [0]
+
+
+def run_obsgate(gw, auth, log, procs):
+    env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+    g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
+    procs.append(g)
+    wait_port(gw)
+    # a policy reload every second during the whole obsgate run (rename-over, as editors do)
+    stop = threading.Event()
+    def reload_every_second():
+        text = open(f"{WORK}/policies.yaml").read()
+        while not stop.wait(1.0):
+            with open(f"{WORK}/policies.yaml.tmp", "w") as f:
+                f.write(text)
+            os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
+    reloader = threading.Thread(target=reload_every_second, daemon=True)
+    reloader.start()
+    res = measure("obsgate", f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
+    stop.set()
+    reloader.join()
+    metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"], capture_output=True, text=True).stdout
+    m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
+    RELOADS[0] = int(m.group(1)) - 1 if m else 0
+    g.send_signal(signal.SIGTERM)
+    g.wait(timeout=30)
+    return res
 
 
 def main():
@@ -154,42 +195,22 @@ def main():
         procs.append(upstream)
         wait_port(up)
         results = {}
-        results["direct"] = measure("direct", f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
-
-        env = dict(os.environ, TOKIO_WORKER_THREADS="1")
-        g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
-        procs.append(g)
-        wait_port(gw)
-        # a policy reload every second during the whole obsgate run (rename-over, as editors do)
-        stop = threading.Event()
-        def reload_every_second():
-            text = open(f"{WORK}/policies.yaml").read()
-            while not stop.wait(1.0):
-                with open(f"{WORK}/policies.yaml.tmp", "w") as f:
-                    f.write(text)
-                os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
-        reloader = threading.Thread(target=reload_every_second, daemon=True)
-        reloader.start()
-        results["obsgate"] = measure("obsgate", f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
-        stop.set()
-        reloader.join()
-        metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"], capture_output=True, text=True).stdout
-        m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
-        RELOADS[0] = int(m.group(1)) - 1 if m else 0
-        g.send_signal(signal.SIGTERM)
-        g.wait(timeout=30)
-
-        n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
-        procs.append(n)
-        wait_port(nx)
-        results["nginx"] = measure("nginx", f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
-        n.send_signal(signal.SIGQUIT)
-        n.wait(timeout=30)
-
-        h = start(["haproxy", "-f", f"{WORK}/ha.cfg"], log)
-        procs.append(h)
-        wait_port(ha)
-        results["haproxy"] = measure("haproxy", f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
+        if "direct" in ONLY:
+            results["direct"] = measure("direct", f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
+        if "obsgate" in ONLY:
+            results["obsgate"] = run_obsgate(gw, auth, log, procs)
+        if "nginx" in ONLY:
+            n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
+            procs.append(n)
+            wait_port(nx)
+            results["nginx"] = measure("nginx", f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
+            n.send_signal(signal.SIGQUIT)
+            n.wait(timeout=30)
+        if "haproxy" in ONLY:
+            h = start(["haproxy", "-f", f"{WORK}/ha.cfg"], log)
+            procs.append(h)
+            wait_port(ha)
+            results["haproxy"] = measure("haproxy", f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -205,20 +226,21 @@ def main():
 
 
 def report(results):
-    ng = results["nginx"]["saturation"]["cpu_us_per_req"]
-    og = results["obsgate"]["saturation"]["cpu_us_per_req"]
+    ng = results.get("nginx", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+    og = results.get("obsgate", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
     lines = [
         f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run; wrk on core 0, proxy and upstream on core 1;",
         f"fixed rate ≈ {RATE} req/s. obsgate runs every check (glc token, realm, scope, subnet, LBAC header mode).",
         "",
-        "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | failed |",
-        "|---|---|---|---|---|---|---|",
+        "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | user | sys | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         for mode in ("saturation", "fixed"):
             x = r[mode]
-            cpu = "—" if x["cpu_us_per_req"] != x["cpu_us_per_req"] else f"{x['cpu_us_per_req']:.1f}"
-            lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | {cpu} | {x['errors']} |")
+            us = lambda k: "—" if x[k] != x[k] else f"{x[k]:.1f}"
+            lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
+                         f"{us('cpu_us_per_req')} | {us('user_us_per_req')} | {us('sys_us_per_req')} | {x['errors']} |")
     lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 0.80×).",
               f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
     md = "\n".join(lines) + "\n"

@@ -178,7 +178,7 @@ mod tests {
     fn merged(sels: &[&str]) -> Result<String, LbacError> {
         let parsed: Vec<Selector> = sels.iter().map(|s| parse_selector(s).unwrap()).collect();
         let refs: Vec<&Selector> = parsed.iter().collect();
-        merge_selectors(&refs).map(|m| Selector { matchers: m }.to_string())
+        merge_selectors(&refs).map(|m| Selector::new(m).to_string())
     }
 
     #[test]
@@ -226,7 +226,7 @@ mod tests {
             parse_selector(r#"{env=~"c+"}"#).unwrap(),
         ];
         let m = merge_selectors(&[&parsed[0], &parsed[1]]).unwrap();
-        let s = Selector { matchers: m };
+        let s = Selector::new(m);
         for (v, want) in [
             ("a.b", true),
             ("axb", false),

@@ -180,7 +180,7 @@ pub fn policy_selector(policy: &[Matcher]) -> String {
     {
         matchers.insert(0, any_name);
     }
-    crate::selector::Selector { matchers }.to_string()
+    crate::selector::Selector::new(matchers).to_string()
 }
 
 #[cfg(test)]

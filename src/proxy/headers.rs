@@ -5,21 +5,25 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-/// Hop-by-hop headers that are always removed.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Hop-by-hop headers that are always removed (parsed once, not on every request).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
+pub const X_SCOPE_ORGID: HeaderName = HeaderName::from_static("x-scope-orgid");
+pub const X_PROM_LABEL_POLICY: HeaderName = HeaderName::from_static("x-prom-label-policy");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Headers only the gateway may set.
-const GATEWAY_OWNED: &[&str] = &["authorization", "x-scope-orgid", "x-prom-label-policy"];
+const GATEWAY_OWNED: [HeaderName; 3] = [header::AUTHORIZATION, X_SCOPE_ORGID, X_PROM_LABEL_POLICY];
 
 fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
     h.get_all(header::CONNECTION)
@@ -41,12 +45,20 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    for name in connection_tokens(h) {
-        h.remove(name);
+/// Removes the hop-by-hop headers and `also`. One pass over the names present (a request has
+/// a handful) instead of one lookup per name that could be there.
+fn strip_hop_by_hop(h: &mut HeaderMap, also: &[HeaderName]) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    if h.contains_key(header::CONNECTION) {
+        doomed = connection_tokens(h);
     }
-    for name in HOP_BY_HOP {
-        h.remove(*name);
+    for name in h.keys() {
+        if HOP_BY_HOP.contains(name) || also.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        h.remove(name);
     }
 }
 
@@ -65,10 +77,7 @@ pub fn clean_request(h: &mut HeaderMap, upgrade: bool, grpc: bool) {
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
         });
-    strip_hop_by_hop(h);
-    for name in GATEWAY_OWNED {
-        h.remove(*name);
-    }
+    strip_hop_by_hop(h, &GATEWAY_OWNED);
     if let Some(u) = upgrade_value {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u);
@@ -85,19 +94,29 @@ pub fn clean_response(h: &mut HeaderMap, switching: bool) {
     } else {
         None
     };
-    strip_hop_by_hop(h);
+    strip_hop_by_hop(h, &[]);
     if let Some(u) = upgrade_value {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u);
     }
 }
 
-/// Appends the connecting peer's address to `X-Forwarded-For`, folding earlier values into one
-/// header, as nginx's `$proxy_add_x_forwarded_for` does.
-pub fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
-    let ip = crate::auth::canonical(ip);
+/// The connecting peer's address as a header value, computed once per connection.
+pub fn peer_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&crate::auth::canonical(ip).to_string())
+        .expect("an IP address is a valid header value")
+}
+
+/// Appends the connecting peer's address (`peer`, from [`peer_value`]) to `X-Forwarded-For`,
+/// folding earlier values into one header, as nginx's `$proxy_add_x_forwarded_for` does.
+pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        h.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    let ip = peer.to_str().unwrap_or_default();
     let prior: Vec<String> = h
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(|s| s.trim().to_string())
@@ -109,7 +128,7 @@ pub fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
         format!("{}, {ip}", prior.join(", "))
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -205,13 +224,13 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &peer_value("127.0.0.1".parse().unwrap()));
         assert_eq!(
             h.get("x-forwarded-for").unwrap(),
             "1.1.1.1, 2.2.2.2, 127.0.0.1"
         );
         let mut e = HeaderMap::new();
-        append_forwarded_for(&mut e, "::ffff:10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut e, &peer_value("::ffff:10.0.0.1".parse().unwrap()));
         assert_eq!(e.get("x-forwarded-for").unwrap(), "10.0.0.1");
     }
 }

@@ -178,6 +178,22 @@ fn lbac_failure(e: crate::lbac::LbacError) -> Failure {
     }
 }
 
+/// What is known about a client connection, computed once when it is accepted.
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The peer's address as an `X-Forwarded-For` entry.
+    pub xff: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr) -> Conn {
+        Conn {
+            peer,
+            xff: headers::peer_value(peer.ip()),
+        }
+    }
+}
+
 /// Who asked, for the audit line of a denied request. Never the token.
 #[derive(Default)]
 struct AuditCtx {
@@ -190,10 +206,11 @@ struct AuditCtx {
 pub async fn handle(
     gw: Arc<Gateway>,
     only: Option<BackendSlot>,
-    peer: SocketAddr,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
+    let peer = conn.peer;
     if let Some(r) = own_endpoint(&gw, &req) {
         return r;
     }
@@ -210,7 +227,7 @@ pub async fn handle(
                 let slot = route.slot;
                 let name = route.name;
                 let mut audit = AuditCtx::default();
-                let r = match authorize_and_forward(&gw, route, peer, req, &mut audit, start).await
+                let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit, start).await
                 {
                     Ok(r) => r,
                     Err(f) => {
@@ -309,11 +326,12 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> Failure {
 async fn authorize_and_forward(
     gw: &Gateway,
     route: RouteMatch<'_>,
-    peer: SocketAddr,
+    conn: &Conn,
     req: Request<Incoming>,
     audit: &mut AuditCtx,
     start: Instant,
 ) -> Result<Response<Body>, Failure> {
+    let peer = conn.peer;
     let client_ip: IpAddr = auth::client_ip(
         peer.ip(),
         req.headers(),
@@ -323,13 +341,18 @@ async fn authorize_and_forward(
     let (org_id, enforcement) = {
         let creds = auth::credentials(req.headers())
             .map_err(|e| unauthorized(e.reason(), e.to_string()))?;
-        token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
+        // A token whose hash is in the store is one that was issued: its shape was checked
+        // then. Only an unknown token is parsed, to tell "malformed" from "invalid".
         let hash = TokenHash::of(&creds.token);
         let snap = gw.store.snapshot();
-        let id = gw
-            .store
-            .identify(&snap, &hash)
-            .ok_or_else(|| unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE))?;
+        let Some(id) = gw.store.identify(&snap, &hash) else {
+            token::parse(&creds.token)
+                .map_err(|e| unauthorized("malformed_token", e.to_string()))?;
+            return Err(unauthorized(
+                "invalid_token",
+                policy::INVALID_TOKEN_MESSAGE,
+            ));
+        };
         audit.identity = Some(id.clone());
         let org_hdr = req
             .headers()
@@ -374,7 +397,7 @@ async fn authorize_and_forward(
     let upstream = gw.upstream(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
-    forward(gw, upstream, &route, peer, req, &org_id, enforcement, start).await
+    forward(gw, upstream, &route, conn, req, &org_id, enforcement, start).await
 }
 
 /// Decides how the label policies of the restricted tenants of an allowed read are enforced.
@@ -405,9 +428,13 @@ fn enforce_label_policies(
             let mut values = Vec::new();
             for (tenant, selectors) in restricted {
                 for s in selectors {
-                    let v = format!("{tenant}:{}", crate::selector::path_escape(&s.to_string()));
+                    let escaped = s.path_escaped();
+                    let mut v = String::with_capacity(tenant.len() + 1 + escaped.len());
+                    v.push_str(tenant);
+                    v.push(':');
+                    v.push_str(escaped);
                     values.push(
-                        HeaderValue::from_str(&v)
+                        HeaderValue::try_from(v)
                             .map_err(|_| refuse("label policy cannot be encoded"))?,
                     );
                 }
@@ -432,7 +459,7 @@ async fn forward(
     gw: &Gateway,
     up: &client::Upstream,
     route: &RouteMatch<'_>,
-    peer: SocketAddr,
+    conn: &Conn,
     mut req: Request<Incoming>,
     org_id: &str,
     enforcement: Enforcement,
@@ -496,11 +523,11 @@ async fn forward(
     }
     let org = HeaderValue::from_str(org_id)
         .map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
-    parts.headers.insert("x-scope-orgid", org);
+    parts.headers.insert(headers::X_SCOPE_ORGID, org);
     for v in label_values {
-        parts.headers.append("x-prom-label-policy", v);
+        parts.headers.append(headers::X_PROM_LABEL_POLICY, v);
     }
-    headers::append_forwarded_for(&mut parts.headers, peer.ip());
+    headers::append_forwarded_for(&mut parts.headers, &conn.xff);
     let out = Request::from_parts(parts, body);
 
     let client = if grpc { &up.http2 } else { &up.http1 };

@@ -190,9 +190,11 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let conn = Arc::new(super::Conn::new(peer));
         let svc = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(gw, only, peer, req).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(gw, only, conn, req).await) }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
