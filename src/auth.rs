@@ -70,14 +70,16 @@ pub fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, CredentialsEr
         let raw = base64::engine::general_purpose::STANDARD
             .decode(rest)
             .map_err(|_| CredentialsError::Malformed)?;
-        let text = String::from_utf8(raw).map_err(|_| CredentialsError::Malformed)?;
-        let (user, token) = text.split_once(':').ok_or(CredentialsError::Malformed)?;
-        if token.is_empty() {
+        let mut text = String::from_utf8(raw).map_err(|_| CredentialsError::Malformed)?;
+        let colon = text.find(':').ok_or(CredentialsError::Malformed)?;
+        if colon + 1 == text.len() {
             return Err(CredentialsError::Malformed);
         }
-        let tenant = (!user.is_empty()).then(|| Cow::Owned(user.to_string()));
+        let tenant = (colon > 0).then(|| Cow::Owned(text[..colon].to_string()));
+        // the token keeps the decoded buffer: no second copy of the secret
+        text.drain(..=colon);
         Ok(Credentials {
-            token: Cow::Owned(token.to_string()),
+            token: Cow::Owned(text),
             tenant,
         })
     } else {

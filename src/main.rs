@@ -222,8 +222,7 @@ fn serve(path: PathBuf) -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    let rt = match b.enable_all().build()
-    {
+    let rt = match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

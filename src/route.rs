@@ -50,7 +50,9 @@ pub fn path_is_safe(path: &str) -> bool {
                 );
                 if matches!(
                     pair,
-                    (Some(b'2'), Some(b'e' | b'f')) | (Some(b'5'), Some(b'c')) | (Some(b'0'), Some(b'0'))
+                    (Some(b'2'), Some(b'e' | b'f'))
+                        | (Some(b'5'), Some(b'c'))
+                        | (Some(b'0'), Some(b'0'))
                 ) {
                     return false;
                 }

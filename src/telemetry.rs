@@ -1,14 +1,88 @@
 //! Metrics (`/metrics`, names prefixed `obsgate_`) and logging setup.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{OnceLock, RwLock};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+
+/// Per-request handles, resolved once: `with_label_values` hashes its label strings with SipHash
+/// and takes a lock on every call, which the request path should not pay.
+pub struct Handles {
+    /// `obsgate_auth_decisions_total{result="allow",reason="ok"}`
+    pub allowed: IntCounter,
+    /// `obsgate_request_duration_seconds` by backend label (see [`Handles::backend_index`]).
+    request_duration: [Histogram; 5],
+    /// `obsgate_upstream_duration_seconds` by backend label.
+    upstream_duration: [Histogram; 4],
+    /// `obsgate_requests_total` by (backend, route, code): route names are `&'static str`s of
+    /// the route tables, so the key is their address.
+    requests: RwLock<HashMap<(usize, u8, u16), IntCounter, BuildHasherDefault<AddrHasher>>>,
+}
+
+const BACKEND_LABELS: [&str; 5] = ["metrics", "logs", "traces", "profiles", "none"];
+
+impl Handles {
+    fn new(m: &Metrics) -> Handles {
+        Handles {
+            allowed: m.auth_decisions.with_label_values(&["allow", "ok"]),
+            request_duration: BACKEND_LABELS.map(|b| m.request_duration.with_label_values(&[b])),
+            upstream_duration: [0, 1, 2, 3]
+                .map(|i| m.upstream_duration.with_label_values(&[BACKEND_LABELS[i]])),
+            requests: RwLock::new(HashMap::default()),
+        }
+    }
+
+    fn backend_index(backend: &str) -> usize {
+        BACKEND_LABELS
+            .iter()
+            .position(|b| *b == backend)
+            .unwrap_or(BACKEND_LABELS.len() - 1)
+    }
+
+    pub fn request_duration(&self, backend: &str) -> &Histogram {
+        &self.request_duration[Self::backend_index(backend)]
+    }
+
+    /// `None` for a label that is not a backend.
+    pub fn upstream_duration(&self, backend: &str) -> Option<&Histogram> {
+        self.upstream_duration.get(Self::backend_index(backend))
+    }
+}
+
+/// Hashes the (address, backend, code) key of [`Handles::requests`]: a multiply, no SipHash.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(17) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(n as u64);
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(n as u64);
+    }
+}
 
 /// Every metric the gateway exports. Labels never carry tokens, tenants or client addresses.
 pub struct Metrics {
@@ -25,6 +99,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
+    handles: OnceLock<Handles>,
 }
 
 impl Metrics {
@@ -112,6 +187,45 @@ impl Metrics {
                 "Requests being handled now."
             )),
             registry,
+            handles: OnceLock::new(),
+        }
+    }
+
+    /// Handles for the request path, resolved on first use.
+    pub fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| Handles::new(self))
+    }
+
+    /// `obsgate_requests_total{backend,route,code}` +1. `route` is a route-table name.
+    pub fn count_request(&self, backend: &'static str, route: &'static str, code: u16) {
+        let h = self.handles();
+        let key = (
+            route.as_ptr() as usize,
+            Handles::backend_index(backend) as u8,
+            code,
+        );
+        if let Some(c) = h
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            c.inc();
+            return;
+        }
+        let c = self.requests.with_label_values(&[
+            backend,
+            route,
+            http::StatusCode::from_u16(code)
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_else(|_| code.to_string())
+                .as_str(),
+        ]);
+        c.inc();
+        let mut map = h.requests.write().unwrap_or_else(|e| e.into_inner());
+        // bounded: route names × backends × codes seen; a pathological mix stays small
+        if map.len() < 4096 {
+            map.insert(key, c);
         }
     }
 
@@ -143,4 +257,66 @@ pub fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(m: &Metrics, name: &str, labels: &str) -> Option<String> {
+        let text = String::from_utf8(m.render()).unwrap();
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    #[test]
+    fn cached_request_counters_land_in_the_labelled_series() {
+        let m = Metrics::new();
+        static PUSH: &str = "/api/v1/push";
+        static QUERY: &str = "/prometheus/api/v1/query";
+        m.count_request("metrics", PUSH, 204);
+        m.count_request("metrics", PUSH, 204); // from the cache
+        m.count_request("metrics", PUSH, 403);
+        m.count_request("logs", QUERY, 204);
+        m.count_request("none", "unmatched", 404);
+        let v = |l: &str| value(&m, "obsgate_requests_total", l);
+        assert_eq!(
+            v(r#"backend="metrics",code="204",route="/api/v1/push""#).as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            v(r#"backend="metrics",code="403",route="/api/v1/push""#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            v(r#"backend="logs",code="204",route="/prometheus/api/v1/query""#).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            v(r#"backend="none",code="404",route="unmatched""#).as_deref(),
+            Some("1")
+        );
+        m.handles().allowed.inc();
+        assert_eq!(
+            value(
+                &m,
+                "obsgate_auth_decisions_total",
+                r#"reason="ok",result="allow""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        m.handles().request_duration("traces").observe(0.001);
+        assert_eq!(
+            value(
+                &m,
+                "obsgate_request_duration_seconds_count",
+                r#"backend="traces""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        assert!(m.handles().upstream_duration("none").is_none());
+    }
 }

@@ -30,13 +30,16 @@ fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // the common option names a header already in HOP_BY_HOP: skip parsing it
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
 /// A WebSocket-style upgrade: `Connection: upgrade` with an `Upgrade` header.
 pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE) && connection_tokens(h).iter().any(|t| t == "upgrade")
+    h.contains_key(header::UPGRADE) && connection_tokens(h).iter().any(|t| t == header::UPGRADE)
 }
 
 pub fn is_grpc(h: &HeaderMap) -> bool {

@@ -240,12 +240,10 @@ pub async fn handle(
         };
     let code = resp.status();
     gw.metrics
-        .requests
-        .with_label_values(&[slot_label, route_label, code.as_str()])
-        .inc();
+        .count_request(slot_label, route_label, code.as_u16());
     gw.metrics
-        .request_duration
-        .with_label_values(&[slot_label])
+        .handles()
+        .request_duration(slot_label)
         .observe(start.elapsed().as_secs_f64());
     gw.metrics.inflight.dec();
     resp
@@ -348,10 +346,7 @@ async fn authorize_and_forward(
         let Some(id) = gw.store.identify(&snap, &hash) else {
             token::parse(&creds.token)
                 .map_err(|e| unauthorized("malformed_token", e.to_string()))?;
-            return Err(unauthorized(
-                "invalid_token",
-                policy::INVALID_TOKEN_MESSAGE,
-            ));
+            return Err(unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE));
         };
         audit.identity = Some(id.clone());
         let org_hdr = req
@@ -390,10 +385,7 @@ async fn authorize_and_forward(
             enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;
         (allow.org_id, enforcement)
     };
-    gw.metrics
-        .auth_decisions
-        .with_label_values(&["allow", "ok"])
-        .inc();
+    gw.metrics.handles().allowed.inc();
     let upstream = gw.upstream(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
@@ -533,10 +525,9 @@ async fn forward(
     let client = if grpc { &up.http2 } else { &up.http1 };
     let t0 = Instant::now();
     let result = tokio::time::timeout(b.timeout, client.request(out)).await;
-    gw.metrics
-        .upstream_duration
-        .with_label_values(&[backend])
-        .observe(t0.elapsed().as_secs_f64());
+    if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
+        h.observe(t0.elapsed().as_secs_f64());
+    }
     let mut resp = match result {
         Err(_) => {
             gw.metrics
