@@ -24,8 +24,10 @@ pub struct Handles {
     upstream_duration: [Histogram; 4],
     /// `obsgate_requests_total` by (backend, route, code): route names are `&'static str`s of
     /// the route tables, so the key is their address.
-    requests: RwLock<HashMap<(usize, u8, u16), IntCounter, BuildHasherDefault<AddrHasher>>>,
+    requests: RwLock<RequestCounters>,
 }
+
+type RequestCounters = HashMap<(usize, u8, u16), IntCounter, BuildHasherDefault<AddrHasher>>;
 
 const BACKEND_LABELS: [&str; 5] = ["metrics", "logs", "traces", "profiles", "none"];
 

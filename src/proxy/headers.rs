@@ -39,7 +39,7 @@ fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
 
 /// A WebSocket-style upgrade: `Connection: upgrade` with an `Upgrade` header.
 pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE) && connection_tokens(h).iter().any(|t| t == header::UPGRADE)
+    h.contains_key(header::UPGRADE) && connection_tokens(h).contains(&header::UPGRADE)
 }
 
 pub fn is_grpc(h: &HeaderMap) -> bool {
