@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 # ONLY=obsgate,nginx runs a subset (for tuning); PERF=1 records obsgate's saturation run with perf
 ONLY = set(filter(None, os.environ.get("ONLY", "direct,obsgate,nginx,haproxy").split(",")))
 PERF = os.environ.get("PERF") == "1"
+REPEAT = int(os.environ.get("REPEAT", "3"))  # interleaved rounds; the report shows medians
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "target", "bench-report")
 OBSGATE = os.path.join(ROOT, "target", "release", "obsgate")
@@ -125,30 +127,21 @@ WORK = tempfile.mkdtemp(prefix="obsgate-load-")
 RELOADS = [0]
 
 
-def run_obsgate(gw, auth, log, procs):
-    env = dict(os.environ, TOKIO_WORKER_THREADS="1")
-    g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
-    procs.append(g)
-    wait_port(gw)
-    # a policy reload every second during the whole obsgate run (rename-over, as editors do)
-    stop = threading.Event()
-    def reload_every_second():
-        text = open(f"{WORK}/policies.yaml").read()
-        while not stop.wait(1.0):
-            with open(f"{WORK}/policies.yaml.tmp", "w") as f:
-                f.write(text)
-            os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
-    reloader = threading.Thread(target=reload_every_second, daemon=True)
-    reloader.start()
-    res = measure("obsgate", f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
-    stop.set()
-    reloader.join()
-    metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"], capture_output=True, text=True).stdout
-    m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
-    RELOADS[0] = int(m.group(1)) - 1 if m else 0
-    g.send_signal(signal.SIGTERM)
-    g.wait(timeout=30)
-    return res
+def median_of(runs):
+    """Per mode, the median of every number over the rounds; failed requests are summed."""
+    out = {}
+    for mode in runs[0]:
+        xs = [r[mode] for r in runs]
+        m = {}
+        for k in xs[0]:
+            if k == "raw":
+                continue
+            if k == "errors" or k == "requests":
+                m[k] = sum(x[k] for x in xs)
+            else:
+                m[k] = statistics.median(x[k] for x in xs)
+        out[mode] = m
+    return out
 
 
 def main():
@@ -190,28 +183,54 @@ def main():
 
     procs = []
     log = open(f"{WORK}/procs.log", "w")
+    stop = threading.Event()
     try:
+        # every target is started once and stays up; the rounds interleave them so that a noisy
+        # neighbour on this machine hits all of them alike, and the report takes the medians
+        targets = {}
         upstream = start(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], log)
         procs.append(upstream)
         wait_port(up)
-        results = {}
-        if "direct" in ONLY:
-            results["direct"] = measure("direct", f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
+        targets["direct"] = (f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
         if "obsgate" in ONLY:
-            results["obsgate"] = run_obsgate(gw, auth, log, procs)
+            env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+            g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
+            procs.append(g)
+            wait_port(gw)
+            targets["obsgate"] = (f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
+            # a policy reload every second for the whole run (rename-over, as editors do)
+            def reload_every_second():
+                text = open(f"{WORK}/policies.yaml").read()
+                while not stop.wait(1.0):
+                    with open(f"{WORK}/policies.yaml.tmp", "w") as f:
+                        f.write(text)
+                    os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
+            threading.Thread(target=reload_every_second, daemon=True).start()
         if "nginx" in ONLY:
             n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
             procs.append(n)
             wait_port(nx)
-            results["nginx"] = measure("nginx", f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
-            n.send_signal(signal.SIGQUIT)
-            n.wait(timeout=30)
+            targets["nginx"] = (f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
         if "haproxy" in ONLY:
             h = start(["haproxy", "-f", f"{WORK}/ha.cfg"], log)
             procs.append(h)
             wait_port(ha)
-            results["haproxy"] = measure("haproxy", f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
+            targets["haproxy"] = (f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
+        rounds = {name: [] for name in targets if name in ONLY}
+        for r in range(REPEAT):
+            print(f"-- round {r + 1}/{REPEAT}", flush=True)
+            for name in rounds:
+                url, a, pids = targets[name]
+                rounds[name].append(measure(name, url, a, pids))
+        stop.set()
+        if "obsgate" in targets:
+            metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"],
+                                     capture_output=True, text=True).stdout
+            m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
+            RELOADS[0] = int(m.group(1)) - 1 if m else 0
+        results = {name: median_of(rs) for name, rs in rounds.items()}
     finally:
+        stop.set()
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -229,7 +248,8 @@ def report(results):
     ng = results.get("nginx", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
     og = results.get("obsgate", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
     lines = [
-        f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run; wrk on core 0, proxy and upstream on core 1;",
+        f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run, medians of {REPEAT} interleaved rounds;",
+        "wrk on core 0, proxy and upstream on core 1;",
         f"fixed rate ≈ {RATE} req/s. obsgate runs every check (glc token, realm, scope, subnet, LBAC header mode).",
         "",
         "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | user | sys | failed |",

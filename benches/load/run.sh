@@ -3,7 +3,7 @@
 # obsgate (full checks), through nginx proxy_pass (keepalive) and through haproxy (http-reuse).
 # wrk runs on core 0; the proxy under test and the upstream share core 1.
 # Output: target/bench-report/load.md and target/bench-report/load.svg.
-#   bash benches/load/run.sh            (DURATION=10 RATE=4000 CONNECTIONS=32 to override)
+#   bash benches/load/run.sh   (DURATION=10 RATE=4000 CONNECTIONS=32 REPEAT=3 ONLY=obsgate,nginx PERF=1)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
