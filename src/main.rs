@@ -260,6 +260,3 @@ fn serve(path: PathBuf) -> ExitCode {
         ExitCode::SUCCESS
     })
 }
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
