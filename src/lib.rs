@@ -8,6 +8,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod lbac;
+pub mod persist;
 pub mod policy;
 pub mod proxy;
 pub mod route;
