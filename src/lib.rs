@@ -3,6 +3,7 @@
 //! A request travels front to back through: route match → credentials → token shape → store
 //! lookup (cached) → [`policy::decide`] → label-policy headers → forward. See `DESIGN.md`.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod diag;

@@ -30,8 +30,8 @@ fn check_accepts_the_example_config_and_prints_counts() {
     );
     assert!(
         stdout.contains("2 tenants")
-            && stdout.contains("2 access policies")
-            && stdout.contains("2 tokens"),
+            && stdout.contains("3 access policies")
+            && stdout.contains("3 tokens"),
         "{stdout}"
     );
 }

@@ -46,6 +46,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     upstreams: [Option<client::Upstream>; 4],
     pub ready: AtomicBool,
+    /// The admin API's state (`None` in tests that build a gateway without one).
+    pub admin: Option<crate::admin::Admin>,
     rewrite_cache: crate::lbac::RewriteCache,
 }
 
@@ -74,6 +76,7 @@ impl Gateway {
             metrics,
             upstreams,
             ready: AtomicBool::new(false),
+            admin: None,
             rewrite_cache: crate::lbac::RewriteCache::default(),
         })
     }
@@ -213,6 +216,14 @@ pub async fn handle(
     let peer = conn.peer;
     if let Some(r) = own_endpoint(&gw, &req) {
         return r;
+    }
+    if crate::admin::is_admin_path(req.uri().path()) {
+        gw.metrics.inflight.inc();
+        let resp = crate::admin::handle(&gw, &conn, req).await;
+        gw.metrics
+            .count_request("none", "/admin/api/v3", resp.status().as_u16());
+        gw.metrics.inflight.dec();
+        return resp;
     }
     gw.metrics.inflight.inc();
     let method = req.method().clone();

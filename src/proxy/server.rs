@@ -94,9 +94,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.cache.ttl,
         metrics.clone(),
     ));
-    let gateway = Arc::new(
-        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?,
-    );
+    let admin = crate::admin::Admin::open(&config.store.data_dir)
+        .map_err(|e| StartError::Setup(format!("cannot read the admin API's state: {e}")))?;
+    let overlay = admin.initial_overlay();
+    if !overlay.is_empty() {
+        store.set_overlay(overlay);
+    }
+    let mut gateway =
+        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?;
+    gateway.admin = Some(admin);
+    let gateway = Arc::new(gateway);
 
     let tls = match &config.server.tls {
         Some(t) => Some(tokio_rustls::TlsAcceptor::from(

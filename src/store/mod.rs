@@ -184,9 +184,64 @@ impl Snapshot {
 /// The live store: current snapshot plus the resolved-token cache.
 pub struct Store {
     snapshot: ArcSwap<Snapshot>,
+    /// What the set in force is built from: the last good load of the policy files, and the
+    /// objects created through the admin API. Changing either rebuilds the set in force.
+    sources: std::sync::Mutex<(Arc<Snapshot>, Arc<Overlay>)>,
     cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
     next_generation: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+/// Objects created through the admin API, merged over the file-defined set. A name defined in a
+/// policy file wins: the API refuses to create it, and a file that later defines it shadows the
+/// API object (with a warning).
+#[derive(Debug, Default, Clone)]
+pub struct Overlay {
+    pub tenants: Vec<Tenant>,
+    pub policies: Vec<AccessPolicy>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.policies.is_empty() && self.tokens.is_empty()
+    }
+}
+
+/// The file-defined set with the overlay's objects added.
+fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
+    let mut tenants = files.tenants.clone();
+    for t in &overlay.tenants {
+        if tenants.contains_key(&t.name) {
+            tracing::warn!(tenant = %t.name, "a policy file defines this tenant too; the file's definition is in force");
+        } else {
+            tenants.insert(t.name.clone(), t.clone());
+        }
+    }
+    let mut policies = files.policies.clone();
+    for p in &overlay.policies {
+        if policies.contains_key(&p.name) {
+            tracing::warn!(policy = %p.name, "a policy file defines this access policy too; the file's definition is in force");
+        } else {
+            policies.insert(p.name.clone(), Arc::new(p.clone()));
+        }
+    }
+    let mut tokens = files.tokens.clone();
+    for t in &overlay.tokens {
+        if files.tokens.iter().any(|f| f.name == t.name) {
+            tracing::warn!(token = %t.name, "a policy file defines this token name too; the file's definition is in force");
+        } else {
+            tokens.push(t.clone());
+        }
+    }
+    Snapshot::new(
+        files.cluster.clone(),
+        files.clusters.clone(),
+        tenants,
+        policies,
+        files.service_accounts.clone(),
+        tokens,
+    )
 }
 
 impl Store {
@@ -198,6 +253,10 @@ impl Store {
     ) -> Store {
         let store = Store {
             snapshot: ArcSwap::from_pointee(Snapshot::empty(&initial.cluster)),
+            sources: std::sync::Mutex::new((
+                Arc::new(Snapshot::empty(&initial.cluster)),
+                Arc::new(Overlay::default()),
+            )),
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
@@ -213,17 +272,49 @@ impl Store {
         self.snapshot.load()
     }
 
+    /// A new load of the policy files: merged with the admin API's objects and put in force.
+    pub fn install(&self, files: Snapshot) {
+        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if src.1.is_empty() {
+            // nothing to merge: the file set itself is put in force, not a copy of it
+            src.0 = self.put_in_force(files);
+        } else {
+            src.0 = Arc::new(files);
+            let merged = merge(&src.0, &src.1);
+            self.put_in_force(merged);
+        }
+    }
+
+    /// The admin API's objects changed: merged with the last file load and put in force.
+    pub fn set_overlay(&self, overlay: Overlay) {
+        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        src.1 = Arc::new(overlay);
+        let merged = merge(&src.0, &src.1);
+        self.put_in_force(merged);
+    }
+
+    /// The last good load of the policy files (the read-only part of the set in force).
+    pub fn file_set(&self) -> Arc<Snapshot> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
     /// Puts a new snapshot in force. Cached identities from older generations stop being
     /// served at once (each hit is checked against the generation), and are dropped.
-    pub fn install(&self, mut snap: Snapshot) {
+    fn put_in_force(&self, mut snap: Snapshot) -> Arc<Snapshot> {
         snap.generation = self.next_generation.fetch_add(1, Ordering::SeqCst);
         let m = &self.metrics;
         for (kind, n) in snap.counts().by_kind() {
             m.store_objects.with_label_values(&[kind]).set(n as i64);
         }
         m.store_generation.set(snap.generation as i64);
-        self.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.snapshot.store(snap.clone());
         self.cache.invalidate_all();
+        snap
     }
 
     /// Resolves a token hash against the snapshot in force, through the cache.

@@ -1,0 +1,888 @@
+//! Admin API, GEM/GET v3 dialect (`/admin/api/v3/`, SPEC 9): clusters (read), tenants, access
+//! policies, tokens, features.
+//!
+//! Objects created here live in `store.data_dir/admin-state.json` (see [`crate::persist`]) and
+//! are merged over the policy files into the set the data plane uses ([`Store::set_overlay`]),
+//! so a change is in force before the response is sent. File-defined objects are listed and
+//! readable but not writable (409). Every mutation needs `If-Match` (`"*"` or the object's
+//! version; missing → 428, stale → 412), and mutations are serialised: of two PUTs with the same
+//! `If-Match`, exactly one succeeds.
+
+use crate::auth;
+use crate::persist::{Document, PersistError, Versioned};
+use crate::policy::{self, AccessPolicy, Realm, RealmTarget, Scope, Status, Tenant, valid_name};
+use crate::proxy::{Body, Conn, Gateway, error_response, full};
+use crate::store::{Overlay, Snapshot, TokenOwner, TokenRecord};
+use crate::token::{self, TokenHash};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const PREFIX: &str = "/admin/api/v3/";
+/// Request bodies above this are refused (413): admin objects are small.
+const MAX_BODY: usize = 1 << 20;
+/// `created_at` of file-defined objects, as GET shows its built-in ones.
+const EPOCH: &str = "1970-01-01T00:00:00Z";
+/// v3's "no expiration".
+const NO_EXPIRATION: &str = "0001-01-01T00:00:00Z";
+
+/// Everything created through the API, as persisted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApiState {
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantObj>,
+    #[serde(default)]
+    pub access_policies: BTreeMap<String, PolicyObj>,
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenObj>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantObj {
+    pub version: u64,
+    pub created_at: String,
+    pub display_name: Option<String>,
+    pub status: Status,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RealmObj {
+    pub tenant: String,
+    pub cluster: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyObj {
+    pub version: u64,
+    pub created_at: String,
+    pub display_name: Option<String>,
+    pub status: Status,
+    pub realms: Vec<RealmObj>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenObj {
+    pub version: u64,
+    pub created_at: String,
+    pub created_by: String,
+    pub display_name: Option<String>,
+    pub status: Status,
+    pub access_policy: String,
+    /// RFC 3339; `None` = never expires.
+    pub expiration: Option<String>,
+    /// `sha256:<hex>`; the token text itself is never stored.
+    pub hash: String,
+}
+
+impl ApiState {
+    /// The data-plane objects these stand for.
+    pub fn overlay(&self) -> Overlay {
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(name, t)| Tenant {
+                name: name.clone(),
+                cluster: t.cluster.clone(),
+                status: t.status,
+                org: None,
+                stack: None,
+            })
+            .collect();
+        let policies = self
+            .access_policies
+            .iter()
+            .map(|(name, p)| AccessPolicy {
+                name: name.clone(),
+                display_name: p.display_name.clone(),
+                status: p.status,
+                scopes: p.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                realms: p
+                    .realms
+                    .iter()
+                    .map(|r| Realm {
+                        target: if r.tenant == "*" {
+                            RealmTarget::AllTenants
+                        } else {
+                            RealmTarget::Tenant(r.tenant.clone())
+                        },
+                        cluster: r.cluster.clone(),
+                        label_policies: Vec::new(),
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                allowed_subnets: Arc::from(Vec::new()),
+            })
+            .collect();
+        let tokens = self
+            .tokens
+            .iter()
+            .filter_map(|(name, t)| {
+                Some(TokenRecord {
+                    name: name.clone(),
+                    owner: TokenOwner::Policy(t.access_policy.clone()),
+                    status: t.status,
+                    expires_at: t.expiration.as_deref().and_then(unix_of),
+                    // a hash that does not parse matches nothing: fail closed
+                    hash: TokenHash::parse_stored(&t.hash)?,
+                })
+            })
+            .collect();
+        Overlay {
+            tenants,
+            policies,
+            tokens,
+        }
+    }
+}
+
+fn unix_of(rfc3339: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .map(|d| d.timestamp())
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The admin API's state: the persisted document and its in-memory copy.
+pub struct Admin {
+    doc: Document,
+    state: tokio::sync::Mutex<Versioned<ApiState>>,
+}
+
+impl Admin {
+    /// Loads `data_dir/admin-state.json` (an unreadable or corrupt document is an error: the
+    /// gateway does not start rather than forget objects).
+    pub fn open(data_dir: &std::path::Path) -> Result<Admin, PersistError> {
+        let doc = Document::new(data_dir, "admin-state");
+        doc.remove_stale_temps();
+        let state = doc.load::<ApiState>()?.unwrap_or(Versioned {
+            version: 0,
+            data: ApiState::default(),
+        });
+        Ok(Admin {
+            doc,
+            state: tokio::sync::Mutex::new(state),
+        })
+    }
+
+    /// The overlay to merge at startup.
+    pub fn initial_overlay(&self) -> Overlay {
+        self.state
+            .try_lock()
+            .map(|s| s.data.overlay())
+            .unwrap_or_default()
+    }
+}
+
+/// A failed admin call: status and message.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
+        ApiError(status, msg.into())
+    }
+    fn bad(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
+    }
+    fn response(self) -> Response<Body> {
+        let kind = match self.0.as_u16() {
+            400 | 413 => "bad_data",
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            409 => "conflict",
+            412 => "precondition_failed",
+            428 => "precondition_required",
+            _ => "internal",
+        };
+        error_response(self.0, kind, &self.1)
+    }
+}
+
+type ApiResult = Result<Response<Body>, ApiError>;
+
+fn json_response(status: StatusCode, v: &Value, etag: Option<u64>) -> Response<Body> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(v) = etag
+        && let Ok(h) = HeaderValue::from_str(&format!("\"{v}\""))
+    {
+        r.headers_mut().insert(http::header::ETAG, h);
+    }
+    r
+}
+
+/// Whether this request is for the admin API (v3).
+pub fn is_admin_path(path: &str) -> bool {
+    path.starts_with(PREFIX) || path == PREFIX.trim_end_matches('/')
+}
+
+/// Entry point from the pipeline for `/admin/api/v3/…`.
+pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+    let Some(admin) = gw.admin.as_ref() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "the admin API is not enabled").response();
+    };
+    let actor = match authorize(gw, conn, &req) {
+        Ok(a) => a,
+        Err(e) => return e.response(),
+    };
+    match route(gw, admin, &actor, req).await {
+        Ok(r) => r,
+        Err(e) => e.response(),
+    }
+}
+
+/// A token with the `admin` scope, checked like the data plane checks a token: known, active,
+/// not expired, from an allowed subnet. Returns the token's name, for the audit log.
+fn authorize(gw: &Gateway, conn: &Conn, req: &Request<Incoming>) -> Result<String, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let creds = auth::credentials(req.headers()).map_err(|e| unauthorized(&e.to_string()))?;
+    let hash = TokenHash::of(&creds.token);
+    let snap = gw.store.snapshot();
+    let Some(id) = gw.store.identify(&snap, &hash) else {
+        token::parse(&creds.token).map_err(|e| unauthorized(&e.to_string()))?;
+        return Err(unauthorized(policy::INVALID_TOKEN_MESSAGE));
+    };
+    let now = chrono::Utc::now().timestamp();
+    if !id.active || id.expires_at.is_some_and(|e| now >= e) {
+        return Err(unauthorized(policy::INVALID_TOKEN_MESSAGE));
+    }
+    let ip = auth::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &gw.config.client_ip.trusted_proxies,
+    );
+    if !id.allowed_subnets.is_empty() && !id.allowed_subnets.iter().any(|n| n.contains(&ip)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("client address {ip} is not in the access policy's allowed subnets"),
+        ));
+    }
+    if !id.scopes.contains(Scope::Admin) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing scope admin"));
+    }
+    Ok(id.token_name.clone())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tenants,
+    Policies,
+    Tokens,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Tenants => "tenant",
+            Kind::Policies => "access_policy",
+            Kind::Tokens => "token",
+        }
+    }
+}
+
+async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
+    let path = req.uri().path().to_string();
+    let rest = path.strip_prefix(PREFIX).unwrap_or("");
+    let mut parts = rest.split('/');
+    let (collection, name) = (parts.next().unwrap_or(""), parts.next());
+    if parts.next().is_some() || name == Some("") {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such admin endpoint",
+        ));
+    }
+    let include_inactive = req.uri().query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "include-non-active" && v == "true")
+    });
+    let method = req.method().clone();
+    let kind = match collection {
+        "clusters" => return clusters(gw, &method, name),
+        "features" if name.is_none() => {
+            return only_get(&method).map(|_| {
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "name": "obsgate",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "features": {
+                            "editable_access_policies": "v1",
+                            "editable_tenants": "v1",
+                            "editable_tokens": "v1",
+                        }
+                    }),
+                    None,
+                )
+            });
+        }
+        "tenants" => Kind::Tenants,
+        "accesspolicies" => Kind::Policies,
+        "tokens" => Kind::Tokens,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such admin endpoint",
+            ));
+        }
+    };
+    match (method, name) {
+        (Method::GET, None) => {
+            let state = admin.state.lock().await;
+            Ok(list(gw, &state.data, kind, include_inactive))
+        }
+        (Method::GET, Some(n)) => {
+            let state = admin.state.lock().await;
+            let (v, version) = get_one(gw, &state.data, kind, n).ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no {} {n:?}", kind.label()))
+            })?;
+            Ok(json_response(StatusCode::OK, &v, Some(version)))
+        }
+        (Method::POST, None) => {
+            let body = read_json(req).await?;
+            create(gw, admin, actor, kind, body).await
+        }
+        (Method::PUT, Some(n)) => {
+            let n = n.to_string();
+            let if_match = if_match(req.headers())?;
+            let body = read_json(req).await?;
+            update(gw, admin, actor, kind, &n, if_match, body).await
+        }
+        _ => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed here (v3 deletes are PUT with \"status\": \"inactive\")",
+        )),
+    }
+}
+
+fn only_get(m: &Method) -> Result<(), ApiError> {
+    if m == Method::GET {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is allowed here",
+        ))
+    }
+}
+
+fn clusters(gw: &Gateway, method: &Method, name: Option<&str>) -> ApiResult {
+    only_get(method)?;
+    let snap = gw.store.snapshot();
+    let view = |c: &str| json!({"name": c, "display_name": c, "created_at": EPOCH});
+    match name {
+        None => Ok(json_response(
+            StatusCode::OK,
+            &json!({"items": snap.clusters.iter().map(|c| view(c)).collect::<Vec<_>>(), "type": "cluster"}),
+            None,
+        )),
+        Some(n) if snap.clusters.iter().any(|c| c == n) => {
+            Ok(json_response(StatusCode::OK, &view(n), Some(0)))
+        }
+        Some(n) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no cluster {n:?}"),
+        )),
+    }
+}
+
+/// Whether `name` of `kind` is defined in a policy file (read-only here).
+fn file_defined(files: &Snapshot, kind: Kind, name: &str) -> bool {
+    match kind {
+        Kind::Tenants => files.tenants.contains_key(name),
+        Kind::Policies => files.policies.contains_key(name),
+        Kind::Tokens => files.tokens().iter().any(|t| t.name == name),
+    }
+}
+
+fn tenant_view(name: &str, t: &TenantObj) -> Value {
+    json!({"name": name, "display_name": t.display_name, "created_at": t.created_at,
+           "status": t.status, "cluster": t.cluster})
+}
+
+fn policy_view(name: &str, p: &PolicyObj) -> Value {
+    json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
+           "status": p.status, "realms": p.realms, "scopes": p.scopes})
+}
+
+fn token_view(name: &str, t: &TokenObj) -> Value {
+    json!({"name": name, "display_name": t.display_name, "created_by": t.created_by,
+           "created_at": t.created_at, "status": t.status, "access_policy": t.access_policy,
+           "expiration": t.expiration.as_deref().unwrap_or(NO_EXPIRATION)})
+}
+
+/// Every object of `kind`: file-defined (version 0, read-only) and API-created.
+fn all_views(gw: &Gateway, state: &ApiState, kind: Kind) -> Vec<(String, Status, Value, u64)> {
+    let files = gw.store.file_set();
+    let mut out = Vec::new();
+    match kind {
+        Kind::Tenants => {
+            for (n, t) in &files.tenants {
+                let v = json!({"name": n, "display_name": null, "created_at": EPOCH,
+                               "status": t.status, "cluster": t.cluster});
+                out.push((n.clone(), t.status, v, 0));
+            }
+            for (n, t) in &state.tenants {
+                if !files.tenants.contains_key(n) {
+                    out.push((n.clone(), t.status, tenant_view(n, t), t.version));
+                }
+            }
+        }
+        Kind::Policies => {
+            for (n, p) in &files.policies {
+                let realms: Vec<Value> = p
+                    .realms
+                    .iter()
+                    .filter_map(|r| match &r.target {
+                        RealmTarget::Tenant(t) => Some(json!({"tenant": t, "cluster": r.cluster})),
+                        RealmTarget::AllTenants => {
+                            Some(json!({"tenant": "*", "cluster": r.cluster}))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let v = json!({"name": n, "display_name": p.display_name, "created_at": EPOCH,
+                               "status": p.status, "realms": realms,
+                               "scopes": p.scopes.iter().map(Scope::as_str).collect::<Vec<_>>()});
+                out.push((n.clone(), p.status, v, 0));
+            }
+            for (n, p) in &state.access_policies {
+                if !files.policies.contains_key(n) {
+                    out.push((n.clone(), p.status, policy_view(n, p), p.version));
+                }
+            }
+        }
+        Kind::Tokens => {
+            for t in files.tokens() {
+                if let TokenOwner::Policy(ap) = &t.owner {
+                    let exp = t
+                        .expires_at
+                        .and_then(|e| chrono::DateTime::from_timestamp(e, 0))
+                        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_else(|| NO_EXPIRATION.to_string());
+                    let v = json!({"name": t.name, "display_name": null, "created_by": "policy file",
+                                   "created_at": EPOCH, "status": t.status, "access_policy": ap,
+                                   "expiration": exp});
+                    out.push((t.name.clone(), t.status, v, 0));
+                }
+            }
+            for (n, t) in &state.tokens {
+                if !file_defined(&files, Kind::Tokens, n) {
+                    out.push((n.clone(), t.status, token_view(n, t), t.version));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn list(gw: &Gateway, state: &ApiState, kind: Kind, include_inactive: bool) -> Response<Body> {
+    let items: Vec<Value> = all_views(gw, state, kind)
+        .into_iter()
+        .filter(|(_, st, _, _)| include_inactive || *st == Status::Active)
+        .map(|(_, _, v, _)| v)
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"items": items, "type": kind.label()}),
+        None,
+    )
+}
+
+fn get_one(gw: &Gateway, state: &ApiState, kind: Kind, name: &str) -> Option<(Value, u64)> {
+    all_views(gw, state, kind)
+        .into_iter()
+        .find(|(n, _, _, _)| n == name)
+        .map(|(_, _, v, ver)| (v, ver))
+}
+
+/// `If-Match`: `None` for `"*"`, else the version it names. Missing → 428.
+fn if_match(h: &http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = h.get(http::header::IF_MATCH) else {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "If-Match is required: send the ETag of the object (\"<version>\") or \"*\"",
+        ));
+    };
+    let s = v.to_str().unwrap_or("").trim();
+    if s == "*" || s == "\"*\"" {
+        return Ok(None);
+    }
+    s.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad(format!("If-Match {s:?} is not a version such as \"1\"")))
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body over 1 MiB")
+            } else {
+                ApiError::bad("cannot read the request body")
+            }
+        })?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad("request body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn opt_str(body: &Value, key: &str) -> Result<Option<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("{key} must be a string"))),
+    }
+}
+
+fn status_of(body: &Value) -> Result<Option<Status>, ApiError> {
+    match opt_str(body, "status")?.as_deref() {
+        None => Ok(None),
+        Some("active") => Ok(Some(Status::Active)),
+        Some("inactive") => Ok(Some(Status::Inactive)),
+        Some(s) => Err(ApiError::bad(format!(
+            "status {s:?}: use \"active\" or \"inactive\""
+        ))),
+    }
+}
+
+/// A cluster named in a body: absent means this gateway's own.
+fn cluster_of(snap: &Snapshot, body: &Value) -> Result<String, ApiError> {
+    match opt_str(body, "cluster")? {
+        None => Ok(snap.cluster.clone()),
+        Some(c) if snap.clusters.contains(&c) => Ok(c),
+        Some(c) => Err(ApiError::bad(format!("unknown cluster {c:?}"))),
+    }
+}
+
+fn realms_of(snap: &Snapshot, body: &Value) -> Result<Vec<RealmObj>, ApiError> {
+    let realms = match body.get("realms") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad("realms must be an array")),
+    };
+    let mut out = Vec::new();
+    for r in realms {
+        let tenant = opt_str(r, "tenant")?
+            .ok_or_else(|| ApiError::bad("every realm needs a tenant (a tenant name or \"*\")"))?;
+        let cluster = cluster_of(snap, r)?;
+        if tenant != "*" && !snap.tenants.contains_key(&tenant) {
+            return Err(ApiError::bad(format!(
+                "realm names unknown tenant {tenant:?}"
+            )));
+        }
+        if let Some(extra) = r
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "tenant" && *k != "cluster"))
+        {
+            return Err(ApiError::bad(format!("unknown realm field {extra:?}")));
+        }
+        out.push(RealmObj { tenant, cluster });
+    }
+    Ok(out)
+}
+
+fn scopes_of(body: &Value) -> Result<Vec<String>, ApiError> {
+    let scopes = match body.get("scopes") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad("scopes must be an array of strings")),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for s in scopes {
+        let s = s
+            .as_str()
+            .ok_or_else(|| ApiError::bad("scopes must be an array of strings"))?;
+        if Scope::parse(s).is_none() {
+            return Err(ApiError::bad(format!("unknown scope {s:?}")));
+        }
+        if !out.iter().any(|x| x == s) {
+            out.push(s.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn expiration_of(body: &Value) -> Result<Option<String>, ApiError> {
+    match opt_str(body, "expiration")? {
+        None => Ok(None),
+        Some(e) if e == NO_EXPIRATION => Ok(None),
+        Some(e) => {
+            let d = chrono::DateTime::parse_from_rfc3339(&e).map_err(|_| {
+                ApiError::bad(format!(
+                    "expiration {e:?}: expected RFC 3339 such as 2027-01-01T00:00:00Z"
+                ))
+            })?;
+            Ok(Some(
+                d.with_timezone(&chrono::Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ))
+        }
+    }
+}
+
+/// Persists `next` as the new state and puts it in force on the data plane.
+async fn commit(
+    gw: &Gateway,
+    admin: &Admin,
+    state: &mut Versioned<ApiState>,
+    next: ApiState,
+) -> Result<(), ApiError> {
+    let doc = admin.doc.clone();
+    let expected = state.version;
+    let to_save = next.clone();
+    let saved = tokio::task::spawn_blocking(move || doc.save(expected, &to_save))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("write task failed: {e}"),
+            )
+        })?;
+    let version = saved.map_err(|e| {
+        tracing::error!("admin state not saved: {e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the change could not be saved; nothing was changed",
+        )
+    })?;
+    gw.store.set_overlay(next.overlay());
+    *state = Versioned {
+        version,
+        data: next,
+    };
+    Ok(())
+}
+
+fn audit(actor: &str, action: &str, kind: Kind, name: &str) {
+    tracing::info!(target: "obsgate::audit", actor, action, kind = kind.label(), name, "admin change");
+}
+
+async fn create(gw: &Gateway, admin: &Admin, actor: &str, kind: Kind, body: Value) -> ApiResult {
+    let name = opt_str(&body, "name")?.ok_or_else(|| ApiError::bad("name is required"))?;
+    let (min, what) = match kind {
+        Kind::Tokens => (1, "token"),
+        _ => (3, kind.label()),
+    };
+    if !valid_name(&name, min, 64) {
+        return Err(ApiError::bad(format!(
+            "invalid {what} name {name:?}: use {min}-64 chars of [a-z0-9_-]"
+        )));
+    }
+    let display_name = opt_str(&body, "display_name")?;
+    let mut state = admin.state.lock().await;
+    let snap = gw.store.snapshot();
+    let files = gw.store.file_set();
+    let exists = file_defined(&files, kind, &name)
+        || match kind {
+            Kind::Tenants => state.data.tenants.contains_key(&name),
+            Kind::Policies => state.data.access_policies.contains_key(&name),
+            Kind::Tokens => state.data.tokens.contains_key(&name),
+        };
+    if exists {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} {name:?} already exists (an inactive one can be re-activated with PUT)",
+                kind.label()
+            ),
+        ));
+    }
+    let mut next = state.data.clone();
+    let now = now_rfc3339();
+    let mut token_text = None;
+    let view = match kind {
+        Kind::Tenants => {
+            let t = TenantObj {
+                version: 1,
+                created_at: now,
+                display_name,
+                status: Status::Active,
+                cluster: cluster_of(&snap, &body)?,
+            };
+            let v = tenant_view(&name, &t);
+            next.tenants.insert(name.clone(), t);
+            v
+        }
+        Kind::Policies => {
+            let p = PolicyObj {
+                version: 1,
+                created_at: now,
+                display_name,
+                status: Status::Active,
+                realms: realms_of(&snap, &body)?,
+                scopes: scopes_of(&body)?,
+            };
+            let v = policy_view(&name, &p);
+            next.access_policies.insert(name.clone(), p);
+            v
+        }
+        Kind::Tokens => {
+            let ap = opt_str(&body, "access_policy")?
+                .ok_or_else(|| ApiError::bad("access_policy is required"))?;
+            if !snap.policies.contains_key(&ap) {
+                return Err(ApiError::bad(format!("unknown access policy {ap:?}")));
+            }
+            let text = token::mint_glc("", &ap, &name, "obsgate").map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("no randomness: {e}"),
+                )
+            })?;
+            let t = TokenObj {
+                version: 1,
+                created_at: now,
+                created_by: actor.to_string(),
+                display_name,
+                status: Status::Active,
+                access_policy: ap,
+                expiration: expiration_of(&body)?,
+                hash: TokenHash::of(&text).stored(),
+            };
+            let v = token_view(&name, &t);
+            next.tokens.insert(name.clone(), t);
+            token_text = Some(text);
+            v
+        }
+    };
+    commit(gw, admin, &mut state, next).await?;
+    audit(actor, "create", kind, &name);
+    let mut view = view;
+    if let (Some(text), Some(o)) = (token_text, view.as_object_mut()) {
+        // the only time the token text is ever shown
+        o.insert("token".into(), Value::String(text));
+    }
+    Ok(json_response(StatusCode::OK, &view, Some(1)))
+}
+
+async fn update(
+    gw: &Gateway,
+    admin: &Admin,
+    actor: &str,
+    kind: Kind,
+    name: &str,
+    if_match: Option<u64>,
+    body: Value,
+) -> ApiResult {
+    let mut state = admin.state.lock().await;
+    let snap = gw.store.snapshot();
+    let files = gw.store.file_set();
+    if file_defined(&files, kind, name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} {name:?} is defined in a policy file and is read-only here",
+                kind.label()
+            ),
+        ));
+    }
+    let current = match kind {
+        Kind::Tenants => state.data.tenants.get(name).map(|t| t.version),
+        Kind::Policies => state.data.access_policies.get(name).map(|p| p.version),
+        Kind::Tokens => state.data.tokens.get(name).map(|t| t.version),
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no {} {name:?}", kind.label()),
+        )
+    })?;
+    if let Some(v) = if_match
+        && v != current
+    {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "version {v} is stale: the {} is at version {current}",
+                kind.label()
+            ),
+        ));
+    }
+    let status = status_of(&body)?;
+    let mut next = state.data.clone();
+    let view = match kind {
+        Kind::Tenants => {
+            let cluster = match body.get("cluster") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(cluster_of(&snap, &body)?),
+            };
+            let display_name = opt_str(&body, "display_name")?;
+            let t = next.tenants.get_mut(name).expect("checked above");
+            if let Some(c) = cluster {
+                t.cluster = c;
+            }
+            if display_name.is_some() {
+                t.display_name = display_name;
+            }
+            if let Some(s) = status {
+                t.status = s;
+            }
+            t.version += 1;
+            tenant_view(name, t)
+        }
+        Kind::Policies => {
+            let realms = match body.get("realms") {
+                None => None,
+                Some(_) => Some(realms_of(&snap, &body)?),
+            };
+            let scopes = match body.get("scopes") {
+                None => None,
+                Some(_) => Some(scopes_of(&body)?),
+            };
+            let display_name = opt_str(&body, "display_name")?;
+            let p = next.access_policies.get_mut(name).expect("checked above");
+            if let Some(r) = realms {
+                p.realms = r;
+            }
+            if let Some(s) = scopes {
+                p.scopes = s;
+            }
+            if display_name.is_some() {
+                p.display_name = display_name;
+            }
+            if let Some(s) = status {
+                p.status = s;
+            }
+            p.version += 1;
+            policy_view(name, p)
+        }
+        Kind::Tokens => {
+            let display_name = opt_str(&body, "display_name")?;
+            let t = next.tokens.get_mut(name).expect("checked above");
+            if display_name.is_some() {
+                t.display_name = display_name;
+            }
+            if let Some(s) = status {
+                t.status = s;
+            }
+            t.version += 1;
+            token_view(name, t)
+        }
+    };
+    commit(gw, admin, &mut state, next).await?;
+    audit(actor, "update", kind, name);
+    Ok(json_response(StatusCode::OK, &view, Some(current + 1)))
+}

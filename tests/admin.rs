@@ -1,0 +1,473 @@
+//! Admin API v3 (SPEC 9) over real sockets: authorization, create/read/update, ETag and
+//! If-Match, soft delete, file-defined objects read-only, the data plane seeing changes at
+//! once, persistence across a restart, and concurrent updates.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+
+fn admin_policies() -> String {
+    format!(
+        "{}  - {{name: admin-tok, access_policy: admin, hash: \"{}\"}}\n",
+        policies().replace(
+            "tokens:\n",
+            "  - name: admin\n    scopes: [admin]\n    conditions:\n      allowed_subnets: [\"127.0.0.0/8\"]\ntokens:\n"
+        ),
+        hash(&tok("admin"))
+    )
+}
+
+fn admin_auth() -> String {
+    format!("Bearer {}", tok("admin"))
+}
+
+fn req(
+    gw: SocketAddr,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<Value>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{gw}/admin/api/v3/{path}"))
+        .header("authorization", admin_auth());
+    if let Some(m) = if_match {
+        b = b.header("if-match", m);
+    }
+    b.body(Full::new(Bytes::from(
+        body.map(|v| v.to_string()).unwrap_or_default(),
+    )))
+    .unwrap()
+}
+
+async fn call(
+    gw: SocketAddr,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    send(&client(), req(gw, method, path, if_match, body)).await
+}
+
+fn names(r: &Reply) -> Vec<String> {
+    r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Creates tenant `t`, a policy granting metrics:read on it, and a token; returns the token.
+async fn tenant_policy_token(gw: SocketAddr, t: &str) -> String {
+    let r = call(
+        gw,
+        "POST",
+        "tenants",
+        None,
+        Some(json!({"name": t, "cluster": "local"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(json!({"name": format!("{t}-read"), "realms": [{"tenant": t, "cluster": "local"}], "scopes": ["metrics:read"]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call(
+        gw,
+        "POST",
+        "tokens",
+        None,
+        Some(json!({"name": format!("{t}-token"), "access_policy": format!("{t}-read")})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn admin_scope_is_required() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    let r = send(&client(), get(gw, "/admin/api/v3/tenants", None)).await;
+    assert_eq!(r.status, 401);
+    let r = send(
+        &client(),
+        get(
+            gw,
+            "/admin/api/v3/tenants",
+            Some(&format!("Bearer {}", tok("rw"))),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.error().contains("admin"), "{}", r.error());
+    let r = send(
+        &client(),
+        get(gw, "/admin/api/v3/tenants", Some("Bearer glc_notbase64!")),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // the admin policy only allows 127.0.0.0/8
+    let r = send(
+        &client_from("127.0.0.2".parse().unwrap()),
+        get(gw, "/admin/api/v3/tenants", Some(&admin_auth())),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // nothing reached the backend
+    assert!(up.requests().is_empty());
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_read_update_and_soft_delete_take_effect_on_the_data_plane() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+
+    let token = tenant_policy_token(gw, "api-tenant").await;
+    // in force at once: the new token reads the new tenant
+    let q = "/prometheus/api/v1/query?query=up";
+    let r = send(&client(), get(gw, q, Some(&basic("api-tenant", &token)))).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    assert_eq!(up.last().headers["x-scope-orgid"], "api-tenant");
+    // but not a file-defined tenant its policy does not grant
+    let r = send(&client(), get(gw, q, Some(&basic("team-a", &token)))).await;
+    assert_eq!(r.status, 403);
+
+    // the token text is shown once: GET has an ETag and no token
+    let r = call(gw, "GET", "tokens/api-tenant-token", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["etag"], "\"1\"");
+    assert!(r.json().get("token").is_none());
+    assert_eq!(r.json()["access_policy"], "api-tenant-read");
+    assert_eq!(r.json()["created_by"], "admin-tok");
+
+    // mutations need If-Match: missing → 428, stale → 412, current → 200 with the next ETag
+    let body = json!({"status": "inactive"});
+    let r = call(
+        gw,
+        "PUT",
+        "tokens/api-tenant-token",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 428);
+    let r = call(
+        gw,
+        "PUT",
+        "tokens/api-tenant-token",
+        Some("\"5\""),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(r.status, 412);
+    let r = call(
+        gw,
+        "PUT",
+        "tokens/api-tenant-token",
+        Some("\"1\""),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.headers["etag"], "\"2\"");
+    assert_eq!(r.json()["status"], "inactive");
+    // soft-deleted: the data plane answers 401
+    let r = send(&client(), get(gw, q, Some(&basic("api-tenant", &token)))).await;
+    assert_eq!(r.status, 401);
+    // lists hide it unless include-non-active=true
+    let r = call(gw, "GET", "tokens", None, None).await;
+    assert!(!names(&r).contains(&"api-tenant-token".to_string()));
+    assert_eq!(r.json()["type"], "token");
+    let r = call(gw, "GET", "tokens?include-non-active=true", None, None).await;
+    assert!(names(&r).contains(&"api-tenant-token".to_string()));
+    // re-activated with "*"
+    let r = call(
+        gw,
+        "PUT",
+        "tokens/api-tenant-token",
+        Some("*"),
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(&client(), get(gw, q, Some(&basic("api-tenant", &token)))).await;
+    assert_eq!(r.status, 200);
+
+    // an inactive tenant: its requests fail with 401
+    let v = call(gw, "GET", "tenants/api-tenant", None, None).await;
+    let etag = v.headers["etag"].to_str().unwrap().to_string();
+    let r = call(
+        gw,
+        "PUT",
+        "tenants/api-tenant",
+        Some(&etag),
+        Some(json!({"status": "inactive", "cluster": "local"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = send(&client(), get(gw, q, Some(&basic("api-tenant", &token)))).await;
+    assert_eq!(r.status, 401);
+
+    // updating a policy's scopes is in force at once
+    let r = call(
+        gw,
+        "PUT",
+        "accesspolicies/api-tenant-read",
+        Some("*"),
+        Some(json!({"scopes": ["metrics:write"]})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["scopes"], json!(["metrics:write"]));
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn validation_conflicts_and_read_only_file_objects() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    let post =
+        |path: &'static str, v: Value| async move { call(gw, "POST", path, None, Some(v)).await };
+
+    // names
+    assert_eq!(post("tenants", json!({"name": "X!"})).await.status, 400);
+    assert_eq!(post("tenants", json!({"name": "ab"})).await.status, 400);
+    assert_eq!(post("tenants", json!({})).await.status, 400);
+    // a file-defined name, and a duplicate of an API-created one
+    assert_eq!(post("tenants", json!({"name": "team-a"})).await.status, 409);
+    assert_eq!(
+        post("tenants", json!({"name": "new-one"})).await.status,
+        200
+    );
+    assert_eq!(
+        post("tenants", json!({"name": "new-one"})).await.status,
+        409
+    );
+    // unknown cluster, tenant, scope, policy; bad expiration; bad JSON; wrong types
+    assert_eq!(
+        post("tenants", json!({"name": "other", "cluster": "mars"}))
+            .await
+            .status,
+        400
+    );
+    let r = post(
+        "accesspolicies",
+        json!({"name": "p-ghost", "realms": [{"tenant": "ghost"}], "scopes": []}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("ghost"));
+    let r = post(
+        "accesspolicies",
+        json!({"name": "p-scope", "realms": [], "scopes": ["metrics:reed"]}),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("metrics:reed"));
+    assert_eq!(
+        post(
+            "accesspolicies",
+            json!({"name": "p-wild", "realms": [{"tenant": "*"}], "scopes": ["admin"]})
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        post("tokens", json!({"name": "t1", "access_policy": "nope"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        post(
+            "tokens",
+            json!({"name": "t2", "access_policy": "p-wild", "expiration": "soon"})
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        post("tenants", json!(["not", "an", "object"])).await.status,
+        400
+    );
+    let r = send(
+        &client(),
+        Request::post(format!("http://{gw}/admin/api/v3/tenants"))
+            .header("authorization", admin_auth())
+            .body(Full::new(Bytes::from_static(b"{\"name\": ")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let big = "x".repeat(2 << 20);
+    let r = send(
+        &client(),
+        Request::post(format!("http://{gw}/admin/api/v3/tenants"))
+            .header("authorization", admin_auth())
+            .body(Full::new(Bytes::from(big)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    // file-defined objects are listed, readable, and read-only
+    let r = call(gw, "GET", "tenants", None, None).await;
+    let n = names(&r);
+    assert!(n.contains(&"team-a".to_string()) && n.contains(&"new-one".to_string()));
+    assert!(
+        !n.contains(&"team-off".to_string()),
+        "inactive hidden: {n:?}"
+    );
+    let r = call(gw, "GET", "accesspolicies/pol-rw", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["realms"],
+        json!([{"tenant": "team-a", "cluster": "local"}])
+    );
+    let r = call(
+        gw,
+        "PUT",
+        "accesspolicies/pol-rw",
+        Some("*"),
+        Some(json!({"status": "inactive"})),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    // unknown objects and endpoints; no DELETE in v3
+    assert_eq!(
+        call(gw, "GET", "tenants/ghost", None, None).await.status,
+        404
+    );
+    assert_eq!(
+        call(gw, "PUT", "tenants/ghost", Some("*"), Some(json!({})))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(call(gw, "GET", "widgets", None, None).await.status, 404);
+    assert_eq!(
+        call(gw, "DELETE", "tenants/new-one", Some("*"), None)
+            .await
+            .status,
+        405
+    );
+    // clusters and features
+    let r = call(gw, "GET", "clusters", None, None).await;
+    assert_eq!(names(&r), vec!["local"]);
+    assert_eq!(
+        call(gw, "GET", "clusters/local", None, None).await.status,
+        200
+    );
+    let r = call(gw, "GET", "features", None, None).await;
+    assert_eq!(r.json()["features"]["editable_tenants"], "v1");
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn objects_survive_a_restart() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let token = tenant_policy_token(g.shared_addr(), "kept").await;
+    g.shutdown().await;
+    assert!(s.path("data/admin-state.json").exists());
+
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    let r = send(
+        &client(),
+        get(
+            gw,
+            "/prometheus/api/v1/query?query=up",
+            Some(&basic("kept", &token)),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    let r = call(gw, "GET", "tokens/kept-token", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["etag"], "\"1\"");
+    // and the state file never holds the token text
+    let saved = std::fs::read_to_string(s.path("data/admin-state.json")).unwrap();
+    assert!(!saved.contains(&token));
+    g.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_updates_with_the_same_if_match_one_wins() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    assert_eq!(
+        call(
+            gw,
+            "POST",
+            "tenants",
+            None,
+            Some(json!({"name": "contested"}))
+        )
+        .await
+        .status,
+        200
+    );
+    for round in 0..5u64 {
+        let etag = format!("\"{}\"", round + 1);
+        let a = call(
+            gw,
+            "PUT",
+            "tenants/contested",
+            Some(&etag),
+            Some(json!({"display_name": format!("a{round}")})),
+        );
+        let b = call(
+            gw,
+            "PUT",
+            "tenants/contested",
+            Some(&etag),
+            Some(json!({"display_name": format!("b{round}")})),
+        );
+        let (a, b) = tokio::join!(a, b);
+        let mut codes = [a.status.as_u16(), b.status.as_u16()];
+        codes.sort();
+        assert_eq!(codes, [200, 412], "round {round}");
+    }
+    g.shutdown().await;
+}
