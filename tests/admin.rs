@@ -471,3 +471,47 @@ async fn two_updates_with_the_same_if_match_one_wins() {
     }
     g.shutdown().await;
 }
+
+#[tokio::test]
+async fn api_objects_stay_in_force_across_policy_file_reloads() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(
+            &backend(
+                "metrics",
+                "mimir",
+                &up.url(),
+                "    listen: \"127.0.0.1:0\"\n",
+            ),
+            "",
+        ),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    let token = tenant_policy_token(gw, "overlay").await;
+    let q = "/prometheus/api/v1/query?query=up";
+    let generation = g.store().snapshot().generation;
+    // a policy file edit (a new file-defined tenant) is reloaded ...
+    s.replace_policies(&admin_policies().replace("tenants:\n", "tenants:\n  - name: from-file\n"));
+    let reloaded = eventually(std::time::Duration::from_secs(5), || async {
+        g.store().snapshot().generation > generation
+    })
+    .await;
+    assert!(reloaded.is_some(), "the edit was not reloaded");
+    assert!(g.store().snapshot().tenants.contains_key("from-file"));
+    // ... and the API's objects are still merged in
+    let r = send(&client(), get(gw, q, Some(&basic("overlay", &token)))).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    // a dedicated backend listener does not serve the admin API
+    let dedicated = g
+        .addr_for(obsgate::config::BackendSlot::Metrics)
+        .expect("dedicated listener");
+    let r = send(
+        &client(),
+        get(dedicated, "/admin/api/v3/tenants", Some(&admin_auth())),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    g.shutdown().await;
+}

@@ -217,7 +217,8 @@ pub async fn handle(
     if let Some(r) = own_endpoint(&gw, &req) {
         return r;
     }
-    if crate::admin::is_admin_path(req.uri().path()) {
+    // the admin API is served on the shared listener only (SPEC 9)
+    if only.is_none() && crate::admin::is_admin_path(req.uri().path()) {
         gw.metrics.inflight.inc();
         let resp = crate::admin::handle(&gw, &conn, req).await;
         gw.metrics
