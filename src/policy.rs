@@ -196,6 +196,33 @@ pub struct Identity {
     pub default_tenant: Option<String>,
     /// Snapshot generation this identity was resolved against.
     pub generation: u64,
+    /// When the token was first and last used (shared by every identity of one token).
+    pub usage: Arc<Usage>,
+}
+
+/// First and last use of a token, Unix seconds (0 = never). Updated on the request path with at
+/// most one relaxed store per token per second: no lock, no allocation.
+#[derive(Debug, Default)]
+pub struct Usage {
+    first: std::sync::atomic::AtomicI64,
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl Usage {
+    pub fn touch(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.last.load(Relaxed) != now {
+            self.last.store(now, Relaxed);
+            let _ = self.first.compare_exchange(0, now, Relaxed, Relaxed);
+        }
+    }
+
+    /// `(first, last)`, or `None` if never used.
+    pub fn get(&self) -> Option<(i64, i64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let first = self.first.load(Relaxed);
+        (first != 0).then(|| (first, self.last.load(Relaxed).max(first)))
+    }
 }
 
 /// What the request says, already parsed; no strings left to re-check except tenant IDs.
@@ -484,6 +511,7 @@ mod tests {
             allowed_subnets: Arc::from(Vec::new()),
             default_tenant: None,
             generation: 1,
+            usage: Default::default(),
         }
     }
 

@@ -218,6 +218,14 @@ pub async fn handle(
         return r;
     }
     // the admin API is served on the shared listener only (SPEC 9)
+    if only.is_none() && crate::admin::cloud::is_cloud_path(req.uri().path()) {
+        gw.metrics.inflight.inc();
+        let resp = crate::admin::cloud::handle(&gw, &conn, req).await;
+        gw.metrics
+            .count_request("none", "/api/v1/accesspolicies", resp.status().as_u16());
+        gw.metrics.inflight.dec();
+        return resp;
+    }
     if only.is_none() && crate::admin::is_admin_path(req.uri().path()) {
         gw.metrics.inflight.inc();
         let resp = crate::admin::handle(&gw, &conn, req).await;
@@ -392,6 +400,8 @@ async fn authorize_and_forward(
                 });
             }
         };
+        // first/last use, as the Cloud API reports them: allowed requests only
+        id.usage.touch(facts.now_unix);
         audit.tenant = Some(allow.org_id.clone());
         let enforcement =
             enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;

@@ -94,7 +94,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.cache.ttl,
         metrics.clone(),
     ));
-    let admin = crate::admin::Admin::open(&config.store.data_dir)
+    let admin = crate::admin::Admin::open(&config.store.data_dir, &config.cluster)
         .map_err(|e| StartError::Setup(format!("cannot read the admin API's state: {e}")))?;
     let overlay = admin.initial_overlay();
     if !overlay.is_empty() {

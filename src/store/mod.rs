@@ -177,6 +177,7 @@ impl Snapshot {
             allowed_subnets: subnets,
             default_tenant,
             generation: self.generation,
+            usage: Default::default(),
         }
     }
 }
@@ -188,6 +189,8 @@ pub struct Store {
     /// objects created through the admin API. Changing either rebuilds the set in force.
     sources: std::sync::Mutex<(Arc<Snapshot>, Arc<Overlay>)>,
     cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    /// First/last use per token hash; survives snapshot changes (not restarts).
+    usage: std::sync::Mutex<HashMap<[u8; 32], Arc<crate::policy::Usage>>>,
     next_generation: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -261,6 +264,7 @@ impl Store {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            usage: std::sync::Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             metrics,
         };
@@ -328,9 +332,29 @@ impl Store {
         }
         self.metrics.cache_misses.inc();
         let rec = snap.lookup(h)?;
-        let id = Arc::new(snap.resolve(rec));
+        let mut id = snap.resolve(rec);
+        // on a cache miss only: the hit path reuses the identity's handle
+        id.usage = self
+            .usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(h.0)
+            .or_default()
+            .clone();
+        let id = Arc::new(id);
         self.cache.insert(h.0, id.clone());
         Some(id)
+    }
+
+    /// `(firstUsedAt, lastUsedAt)` of a token (by its stored `sha256:` hash), if it was used
+    /// since this process started.
+    pub fn usage(&self, stored_hash: &str) -> Option<(i64, i64)> {
+        let h = TokenHash::parse_stored(stored_hash)?;
+        self.usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h.0)
+            .and_then(|u| u.get())
     }
 
     pub fn cache_len(&self) -> u64 {

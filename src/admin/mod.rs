@@ -8,6 +8,8 @@
 //! version; missing → 428, stale → 412), and mutations are serialised: of two PUTs with the same
 //! `If-Match`, exactly one succeeds.
 
+pub mod cloud;
+
 use crate::auth;
 use crate::persist::{Document, PersistError, Versioned};
 use crate::policy::{self, AccessPolicy, Realm, RealmTarget, Scope, Status, Tenant, valid_name};
@@ -39,6 +41,11 @@ pub struct ApiState {
     pub access_policies: BTreeMap<String, PolicyObj>,
     #[serde(default)]
     pub tokens: BTreeMap<String, TokenObj>,
+    /// Cloud-dialect objects, by UUID.
+    #[serde(default)]
+    pub cloud_policies: BTreeMap<String, cloud::CloudPolicy>,
+    #[serde(default)]
+    pub cloud_tokens: BTreeMap<String, cloud::CloudToken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,8 +88,9 @@ pub struct TokenObj {
 }
 
 impl ApiState {
-    /// The data-plane objects these stand for.
-    pub fn overlay(&self) -> Overlay {
+    /// The data-plane objects these stand for. `cluster` is this gateway's: Cloud realms
+    /// (org, stack) match tenants of it.
+    pub fn overlay(&self, cluster: &str) -> Overlay {
         let tenants = self
             .tenants
             .iter()
@@ -94,7 +102,7 @@ impl ApiState {
                 stack: None,
             })
             .collect();
-        let policies = self
+        let policies: Vec<AccessPolicy> = self
             .access_policies
             .iter()
             .map(|(name, p)| AccessPolicy {
@@ -119,7 +127,7 @@ impl ApiState {
                 allowed_subnets: Arc::from(Vec::new()),
             })
             .collect();
-        let tokens = self
+        let tokens: Vec<TokenRecord> = self
             .tokens
             .iter()
             .filter_map(|(name, t)| {
@@ -133,12 +141,75 @@ impl ApiState {
                 })
             })
             .collect();
+        let mut policies: Vec<AccessPolicy> = policies;
+        let mut tokens: Vec<TokenRecord> = tokens;
+        for p in self.cloud_policies.values() {
+            policies.push(AccessPolicy {
+                name: p.name.clone(),
+                display_name: Some(p.display_name.clone()),
+                status: p.status,
+                scopes: p.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                realms: p
+                    .realms
+                    .iter()
+                    .map(|r| Realm {
+                        target: if r.kind == "org" {
+                            RealmTarget::Org(r.identifier.clone())
+                        } else {
+                            RealmTarget::Stack(r.identifier.clone())
+                        },
+                        cluster: cluster.to_string(),
+                        // validated when saved; one that no longer parses is dropped, and a
+                        // realm left without its policies would be unrestricted: fail closed
+                        // by keeping a selector that matches nothing instead
+                        label_policies: r
+                            .label_policies
+                            .iter()
+                            .map(|s| {
+                                crate::selector::parse_selector(s).unwrap_or_else(|_| {
+                                    crate::selector::parse_selector(
+                                        "{__obsgate_unparsable__=\"x\"}",
+                                    )
+                                    .expect("static selector parses")
+                                })
+                            })
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+                allowed_subnets: p
+                    .allowed_subnets
+                    .iter()
+                    .filter_map(|s| crate::config::Cidr::parse(s).ok())
+                    .collect::<Vec<_>>()
+                    .into(),
+            });
+        }
+        for t in self.cloud_tokens.values() {
+            let (Some(p), Some(hash)) = (
+                self.cloud_policies.get(&t.access_policy_id),
+                TokenHash::parse_stored(&t.hash),
+            ) else {
+                continue;
+            };
+            tokens.push(TokenRecord {
+                name: t.name.clone(),
+                owner: TokenOwner::Policy(p.name.clone()),
+                status: Status::Active,
+                expires_at: t.expires_at.as_deref().and_then(unix_of),
+                hash,
+            });
+        }
         Overlay {
             tenants,
             policies,
             tokens,
         }
     }
+}
+
+fn audit_cloud(actor: &str, action: &str, kind: &str, name: &str, id: &str) {
+    tracing::info!(target: "obsgate::audit", actor, action, kind, name, id, "admin change");
 }
 
 fn unix_of(rfc3339: &str) -> Option<i64> {
@@ -155,12 +226,13 @@ fn now_rfc3339() -> String {
 pub struct Admin {
     doc: Document,
     state: tokio::sync::Mutex<Versioned<ApiState>>,
+    cluster: String,
 }
 
 impl Admin {
     /// Loads `data_dir/admin-state.json` (an unreadable or corrupt document is an error: the
     /// gateway does not start rather than forget objects).
-    pub fn open(data_dir: &std::path::Path) -> Result<Admin, PersistError> {
+    pub fn open(data_dir: &std::path::Path, cluster: &str) -> Result<Admin, PersistError> {
         let doc = Document::new(data_dir, "admin-state");
         doc.remove_stale_temps();
         let state = doc.load::<ApiState>()?.unwrap_or(Versioned {
@@ -170,6 +242,7 @@ impl Admin {
         Ok(Admin {
             doc,
             state: tokio::sync::Mutex::new(state),
+            cluster: cluster.to_string(),
         })
     }
 
@@ -177,7 +250,7 @@ impl Admin {
     pub fn initial_overlay(&self) -> Overlay {
         self.state
             .try_lock()
-            .map(|s| s.data.overlay())
+            .map(|s| s.data.overlay(&self.cluster))
             .unwrap_or_default()
     }
 }
@@ -235,7 +308,10 @@ pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Respon
     let Some(admin) = gw.admin.as_ref() else {
         return ApiError::new(StatusCode::NOT_FOUND, "the admin API is not enabled").response();
     };
-    let actor = match authorize(gw, conn, &req) {
+    let actor = match authenticate(gw, conn, &req).and_then(|id| {
+        require_scope(&id, &[])?;
+        Ok(id.token_name.clone())
+    }) {
         Ok(a) => a,
         Err(e) => return e.response(),
     };
@@ -245,9 +321,13 @@ pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Respon
     }
 }
 
-/// A token with the `admin` scope, checked like the data plane checks a token: known, active,
-/// not expired, from an allowed subnet. Returns the token's name, for the audit log.
-fn authorize(gw: &Gateway, conn: &Conn, req: &Request<Incoming>) -> Result<String, ApiError> {
+/// The caller's token, checked like the data plane checks a token: known, active, not
+/// expired, from an allowed subnet. Scopes are checked by the caller.
+fn authenticate(
+    gw: &Gateway,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Arc<policy::Identity>, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let creds = auth::credentials(req.headers()).map_err(|e| unauthorized(&e.to_string()))?;
     let hash = TokenHash::of(&creds.token);
@@ -271,10 +351,20 @@ fn authorize(gw: &Gateway, conn: &Conn, req: &Request<Incoming>) -> Result<Strin
             format!("client address {ip} is not in the access policy's allowed subnets"),
         ));
     }
-    if !id.scopes.contains(Scope::Admin) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing scope admin"));
+    Ok(id)
+}
+
+/// `admin`, or one of `alternatives`: else 403 naming what is missing.
+fn require_scope(id: &policy::Identity, alternatives: &[Scope]) -> Result<(), ApiError> {
+    if id.scopes.contains(Scope::Admin) || alternatives.iter().any(|s| id.scopes.contains(*s)) {
+        return Ok(());
     }
-    Ok(id.token_name.clone())
+    let mut names = vec!["admin"];
+    names.extend(alternatives.iter().map(|s| s.as_str()));
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("missing scope {}", names.join(" or ")),
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -669,7 +759,7 @@ async fn commit(
             "the change could not be saved; nothing was changed",
         )
     })?;
-    gw.store.set_overlay(next.overlay());
+    gw.store.set_overlay(next.overlay(&admin.cluster));
     *state = Versioned {
         version,
         data: next,
