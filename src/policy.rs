@@ -110,7 +110,7 @@ pub enum Status {
     Inactive,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum Role {
     Viewer,
     Editor,

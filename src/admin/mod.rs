@@ -9,6 +9,7 @@
 //! `If-Match`, exactly one succeeds.
 
 pub mod cloud;
+pub mod sa;
 
 use crate::auth;
 use crate::persist::{Document, PersistError, Versioned};
@@ -46,6 +47,13 @@ pub struct ApiState {
     pub cloud_policies: BTreeMap<String, cloud::CloudPolicy>,
     #[serde(default)]
     pub cloud_tokens: BTreeMap<String, cloud::CloudToken>,
+    /// Service accounts and their tokens, by numeric id (one counter for both).
+    #[serde(default)]
+    pub service_accounts: BTreeMap<u64, sa::SaObj>,
+    #[serde(default)]
+    pub sa_tokens: BTreeMap<u64, sa::SaTokenObj>,
+    #[serde(default)]
+    pub next_id: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,10 +208,37 @@ impl ApiState {
                 hash,
             });
         }
+        let service_accounts = self
+            .service_accounts
+            .values()
+            .map(|s| crate::policy::ServiceAccount {
+                name: s.name.clone(),
+                role: s.role,
+                org: s.org_id.clone(),
+                disabled: s.disabled,
+                access_policy: None,
+            })
+            .collect();
+        for t in self.sa_tokens.values() {
+            let (Some(owner), Some(hash)) = (
+                self.service_accounts.get(&t.service_account),
+                TokenHash::parse_stored(&t.hash),
+            ) else {
+                continue;
+            };
+            tokens.push(TokenRecord {
+                name: t.name.clone(),
+                owner: TokenOwner::ServiceAccount(owner.name.clone()),
+                status: Status::Active,
+                expires_at: t.expiration.as_deref().and_then(unix_of),
+                hash,
+            });
+        }
         Overlay {
             tenants,
             policies,
             tokens,
+            service_accounts,
         }
     }
 }
@@ -773,13 +808,14 @@ fn audit(actor: &str, action: &str, kind: Kind, name: &str) {
 
 async fn create(gw: &Gateway, admin: &Admin, actor: &str, kind: Kind, body: Value) -> ApiResult {
     let name = opt_str(&body, "name")?.ok_or_else(|| ApiError::bad("name is required"))?;
-    let (min, what) = match kind {
-        Kind::Tokens => (1, "token"),
-        _ => (3, kind.label()),
+    // SPEC 3: 3-64 for tenants and policies, 1-255 for tokens
+    let (min, max, what) = match kind {
+        Kind::Tokens => (1, 255, "token"),
+        _ => (3, 64, kind.label()),
     };
-    if !valid_name(&name, min, 64) {
+    if !valid_name(&name, min, max) {
         return Err(ApiError::bad(format!(
-            "invalid {what} name {name:?}: use {min}-64 chars of [a-z0-9_-]"
+            "invalid {what} name {name:?}: use {min}-{max} chars of [a-z0-9_-]"
         )));
     }
     let display_name = opt_str(&body, "display_name")?;

@@ -218,6 +218,14 @@ pub async fn handle(
         return r;
     }
     // the admin API is served on the shared listener only (SPEC 9)
+    if only.is_none() && crate::admin::sa::is_sa_path(req.uri().path()) {
+        gw.metrics.inflight.inc();
+        let resp = crate::admin::sa::handle(&gw, &conn, req).await;
+        gw.metrics
+            .count_request("none", "/api/serviceaccounts", resp.status().as_u16());
+        gw.metrics.inflight.dec();
+        return resp;
+    }
     if only.is_none() && crate::admin::cloud::is_cloud_path(req.uri().path()) {
         gw.metrics.inflight.inc();
         let resp = crate::admin::cloud::handle(&gw, &conn, req).await;

@@ -203,11 +203,15 @@ pub struct Overlay {
     pub tenants: Vec<Tenant>,
     pub policies: Vec<AccessPolicy>,
     pub tokens: Vec<TokenRecord>,
+    pub service_accounts: Vec<ServiceAccount>,
 }
 
 impl Overlay {
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty() && self.policies.is_empty() && self.tokens.is_empty()
+        self.tenants.is_empty()
+            && self.policies.is_empty()
+            && self.tokens.is_empty()
+            && self.service_accounts.is_empty()
     }
 }
 
@@ -229,6 +233,14 @@ fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
             policies.insert(p.name.clone(), Arc::new(p.clone()));
         }
     }
+    let mut service_accounts = files.service_accounts.clone();
+    for sa in &overlay.service_accounts {
+        if service_accounts.contains_key(&sa.name) {
+            tracing::warn!(service_account = %sa.name, "a policy file defines this service account too; the file's definition is in force");
+        } else {
+            service_accounts.insert(sa.name.clone(), sa.clone());
+        }
+    }
     let mut tokens = files.tokens.clone();
     for t in &overlay.tokens {
         if files.tokens.iter().any(|f| f.name == t.name) {
@@ -242,7 +254,7 @@ fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
         files.clusters.clone(),
         tenants,
         policies,
-        files.service_accounts.clone(),
+        service_accounts,
         tokens,
     )
 }
