@@ -515,3 +515,188 @@ async fn api_objects_stay_in_force_across_policy_file_reloads() {
     assert_eq!(r.status, 404);
     g.shutdown().await;
 }
+
+async fn call_v1(
+    gw: SocketAddr,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{gw}/admin/api/v1/{path}"))
+        .header("authorization", admin_auth());
+    if let Some(m) = if_match {
+        b = b.header("if-match", m);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(
+            body.map(|v| v.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    send(&client(), req).await
+}
+
+#[tokio::test]
+async fn gem_v1_names_label_policies_and_delete_with_if_match() {
+    let up = Upstream::start().await;
+    let s = Setup::new(
+        &gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), ""),
+        &admin_policies(),
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    // instances are tenants
+    let r = call_v1(
+        gw,
+        "POST",
+        "instances",
+        None,
+        Some(json!({"name": "metrics-dev", "display_name": "Dev", "cluster": "local"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call_v1(gw, "GET", "instances", None, None).await;
+    assert_eq!(r.json()["type"], "instance");
+    assert!(names(&r).contains(&"metrics-dev".to_string()));
+    assert_eq!(
+        call(gw, "GET", "tenants/metrics-dev", None, None)
+            .await
+            .status,
+        200,
+        "the same object through v3"
+    );
+    // realms name an instance; label policies as matcher lists (NE is accepted for NEQ)
+    let r = call_v1(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(json!({
+            "name": "dev-read",
+            "realms": [{"instance": "metrics-dev", "cluster": "local",
+                        "label_policies": [{"selector": [
+                            {"type": "EQ", "name": "job", "value": "grafana-labs"},
+                            {"type": "NE", "name": "role", "value": "software-engineer"}]}]}],
+            "scopes": ["metrics:read"]
+        })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["realms"][0]["label_policies"][0]["selector"][1],
+        json!({"type": "NEQ", "name": "role", "value": "software-engineer"})
+    );
+    assert_eq!(r.json()["realms"][0]["instance"], "metrics-dev");
+    // a realm naming "tenant" is not v1
+    let r = call_v1(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(json!({"name": "bad-realm", "realms": [{"tenant": "metrics-dev"}], "scopes": []})),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = call_v1(
+        gw,
+        "POST",
+        "tokens",
+        None,
+        Some(json!({"name": "dev-token", "access_policy": "dev-read"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let r = call_v1(gw, "GET", "tokens", None, None).await;
+    assert_eq!(r.json()["type"], "key");
+    // the label policy reaches the backend
+    let q = "/prometheus/api/v1/query?query=up";
+    let r = send(&client(), get(gw, q, Some(&basic("metrics-dev", &token)))).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    let lp = up.last().headers["x-prom-label-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        lp.starts_with("metrics-dev:")
+            && lp.contains("grafana-labs")
+            && lp.contains("software-engineer"),
+        "{lp}"
+    );
+    // DELETE needs If-Match: missing 428, stale 412, current 204; then the token gets 401
+    assert_eq!(
+        call_v1(gw, "DELETE", "tokens/dev-token", None, None)
+            .await
+            .status,
+        428
+    );
+    assert_eq!(
+        call_v1(gw, "DELETE", "tokens/dev-token", Some("\"9\""), None)
+            .await
+            .status,
+        412
+    );
+    assert_eq!(
+        call_v1(gw, "DELETE", "tokens/dev-token", Some("\"1\""), None)
+            .await
+            .status,
+        204
+    );
+    let r = send(&client(), get(gw, q, Some(&basic("metrics-dev", &token)))).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        call_v1(gw, "GET", "tokens/dev-token", None, None)
+            .await
+            .status,
+        404
+    );
+    // file-defined objects cannot be deleted; v3 has no DELETE
+    assert_eq!(
+        call_v1(gw, "DELETE", "instances/team-a", Some("*"), None)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        call(gw, "DELETE", "accesspolicies/dev-read", Some("*"), None)
+            .await
+            .status,
+        405
+    );
+    assert_eq!(
+        call_v1(gw, "DELETE", "accesspolicies/dev-read", Some("*"), None)
+            .await
+            .status,
+        204
+    );
+    // v3 accepts label policies too, as selector text
+    let r = call(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(json!({"name": "v3-lp", "realms": [{"tenant": "metrics-dev",
+                    "label_policies": [{"selector": "{env!=\"dev\"}"}]}], "scopes": ["metrics:read"]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json()["realms"][0]["label_policies"][0]["selector"][0],
+        json!({"type": "NEQ", "name": "env", "value": "dev"})
+    );
+    let r = call(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(
+            json!({"name": "v3-badlp", "realms": [{"tenant": "metrics-dev",
+                    "label_policies": [{"selector": "{env=~\"(\"}"}]}], "scopes": []}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    g.shutdown().await;
+}

@@ -25,7 +25,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-const PREFIX: &str = "/admin/api/v3/";
 /// Request bodies above this are refused (413): admin objects are small.
 const MAX_BODY: usize = 1 << 20;
 /// `created_at` of file-defined objects, as GET shows its built-in ones.
@@ -69,6 +68,76 @@ pub struct TenantObj {
 pub struct RealmObj {
     pub tenant: String,
     pub cluster: String,
+    /// Canonical selector text of each label policy (GEM's realm field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_policies: Vec<String>,
+}
+
+/// A selector as GEM writes it: a list of `{type, name, value}` matchers.
+fn matcher_list(sel: &crate::selector::Selector) -> Value {
+    use crate::selector::MatchOp;
+    Value::Array(
+        sel.matchers
+            .iter()
+            .map(|m| {
+                let t = match m.op {
+                    MatchOp::Eq => "EQ",
+                    MatchOp::Neq => "NEQ",
+                    MatchOp::Re => "RE",
+                    MatchOp::Nre => "NRE",
+                };
+                json!({"type": t, "name": m.name, "value": m.value})
+            })
+            .collect(),
+    )
+}
+
+/// Parses stored selector text; one that no longer parses matches nothing (fail closed).
+fn stored_selector(text: &str) -> crate::selector::Selector {
+    crate::selector::parse_selector(text).unwrap_or_else(|_| {
+        crate::selector::parse_selector("{__obsgate_unparsable__=\"x\"}")
+            .expect("static selector parses")
+    })
+}
+
+fn realm_view(d: Dialect, tenant: &str, cluster: &str, lps: &[crate::selector::Selector]) -> Value {
+    let mut v = json!({d.realm_key(): tenant, "cluster": cluster});
+    if !lps.is_empty() {
+        v["label_policies"] = Value::Array(
+            lps.iter()
+                .map(|s| json!({"selector": matcher_list(s)}))
+                .collect(),
+        );
+    }
+    v
+}
+
+/// The two GEM/GET dialects: v3 (`tenants`) and GEM's v1 (`instances`, DELETE with If-Match).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dialect {
+    V3,
+    V1,
+}
+
+impl Dialect {
+    fn prefix(self) -> &'static str {
+        match self {
+            Dialect::V3 => "/admin/api/v3/",
+            Dialect::V1 => "/admin/api/v1/",
+        }
+    }
+    fn tenants(self) -> &'static str {
+        match self {
+            Dialect::V3 => "tenants",
+            Dialect::V1 => "instances",
+        }
+    }
+    fn realm_key(self) -> &'static str {
+        match self {
+            Dialect::V3 => "tenant",
+            Dialect::V1 => "instance",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,7 +197,11 @@ impl ApiState {
                             RealmTarget::Tenant(r.tenant.clone())
                         },
                         cluster: r.cluster.clone(),
-                        label_policies: Vec::new(),
+                        label_policies: r
+                            .label_policies
+                            .iter()
+                            .map(|t| stored_selector(t))
+                            .collect(),
                     })
                     .collect::<Vec<_>>()
                     .into(),
@@ -333,9 +406,16 @@ fn json_response(status: StatusCode, v: &Value, etag: Option<u64>) -> Response<B
     r
 }
 
-/// Whether this request is for the admin API (v3).
+/// Which GEM/GET dialect a path is for, if any.
+pub fn admin_dialect(path: &str) -> Option<Dialect> {
+    [Dialect::V3, Dialect::V1]
+        .into_iter()
+        .find(|d| path.starts_with(d.prefix()) || path == d.prefix().trim_end_matches('/'))
+}
+
+/// Whether this request is for the GEM/GET admin API (v3 or v1).
 pub fn is_admin_path(path: &str) -> bool {
-    path.starts_with(PREFIX) || path == PREFIX.trim_end_matches('/')
+    admin_dialect(path).is_some()
 }
 
 /// Entry point from the pipeline for `/admin/api/v3/…`.
@@ -417,11 +497,21 @@ impl Kind {
             Kind::Tokens => "token",
         }
     }
+
+    /// The list's `type`, as each dialect's reference shows it.
+    fn list_type(self, d: Dialect) -> &'static str {
+        match (d, self) {
+            (Dialect::V1, Kind::Tenants) => "instance",
+            (Dialect::V1, _) => "key",
+            (Dialect::V3, k) => k.label(),
+        }
+    }
 }
 
 async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().to_string();
-    let rest = path.strip_prefix(PREFIX).unwrap_or("");
+    let d = admin_dialect(&path).unwrap_or(Dialect::V3);
+    let rest = path.strip_prefix(d.prefix()).unwrap_or("");
     let mut parts = rest.split('/');
     let (collection, name) = (parts.next().unwrap_or(""), parts.next());
     if parts.next().is_some() || name == Some("") {
@@ -453,7 +543,7 @@ async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>)
                 )
             });
         }
-        "tenants" => Kind::Tenants,
+        c if c == d.tenants() => Kind::Tenants,
         "accesspolicies" => Kind::Policies,
         "tokens" => Kind::Tokens,
         _ => {
@@ -466,24 +556,29 @@ async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>)
     match (method, name) {
         (Method::GET, None) => {
             let state = admin.state.lock().await;
-            Ok(list(gw, &state.data, kind, include_inactive))
+            Ok(list(gw, &state.data, kind, include_inactive, d))
         }
         (Method::GET, Some(n)) => {
             let state = admin.state.lock().await;
-            let (v, version) = get_one(gw, &state.data, kind, n).ok_or_else(|| {
+            let (v, version) = get_one(gw, &state.data, kind, n, d).ok_or_else(|| {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no {} {n:?}", kind.label()))
             })?;
             Ok(json_response(StatusCode::OK, &v, Some(version)))
         }
         (Method::POST, None) => {
             let body = read_json(req).await?;
-            create(gw, admin, actor, kind, body).await
+            create(gw, admin, actor, kind, body, d).await
+        }
+        (Method::DELETE, Some(n)) if d == Dialect::V1 => {
+            let n = n.to_string();
+            let if_match = if_match(req.headers())?;
+            delete(gw, admin, actor, kind, &n, if_match).await
         }
         (Method::PUT, Some(n)) => {
             let n = n.to_string();
             let if_match = if_match(req.headers())?;
             let body = read_json(req).await?;
-            update(gw, admin, actor, kind, &n, if_match, body).await
+            update(gw, admin, actor, kind, &n, if_match, body, d).await
         }
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -537,9 +632,21 @@ fn tenant_view(name: &str, t: &TenantObj) -> Value {
            "status": t.status, "cluster": t.cluster})
 }
 
-fn policy_view(name: &str, p: &PolicyObj) -> Value {
+fn policy_view(name: &str, p: &PolicyObj, d: Dialect) -> Value {
+    let realms: Vec<Value> = p
+        .realms
+        .iter()
+        .map(|r| {
+            let lps: Vec<_> = r
+                .label_policies
+                .iter()
+                .map(|t| stored_selector(t))
+                .collect();
+            realm_view(d, &r.tenant, &r.cluster, &lps)
+        })
+        .collect();
     json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
-           "status": p.status, "realms": p.realms, "scopes": p.scopes})
+           "status": p.status, "realms": realms, "scopes": p.scopes})
 }
 
 fn token_view(name: &str, t: &TokenObj) -> Value {
@@ -549,7 +656,12 @@ fn token_view(name: &str, t: &TokenObj) -> Value {
 }
 
 /// Every object of `kind`: file-defined (version 0, read-only) and API-created.
-fn all_views(gw: &Gateway, state: &ApiState, kind: Kind) -> Vec<(String, Status, Value, u64)> {
+fn all_views(
+    gw: &Gateway,
+    state: &ApiState,
+    kind: Kind,
+    d: Dialect,
+) -> Vec<(String, Status, Value, u64)> {
     let files = gw.store.file_set();
     let mut out = Vec::new();
     match kind {
@@ -571,9 +683,11 @@ fn all_views(gw: &Gateway, state: &ApiState, kind: Kind) -> Vec<(String, Status,
                     .realms
                     .iter()
                     .filter_map(|r| match &r.target {
-                        RealmTarget::Tenant(t) => Some(json!({"tenant": t, "cluster": r.cluster})),
+                        RealmTarget::Tenant(t) => {
+                            Some(realm_view(d, t, &r.cluster, &r.label_policies))
+                        }
                         RealmTarget::AllTenants => {
-                            Some(json!({"tenant": "*", "cluster": r.cluster}))
+                            Some(realm_view(d, "*", &r.cluster, &r.label_policies))
                         }
                         _ => None,
                     })
@@ -585,7 +699,7 @@ fn all_views(gw: &Gateway, state: &ApiState, kind: Kind) -> Vec<(String, Status,
             }
             for (n, p) in &state.access_policies {
                 if !files.policies.contains_key(n) {
-                    out.push((n.clone(), p.status, policy_view(n, p), p.version));
+                    out.push((n.clone(), p.status, policy_view(n, p, d), p.version));
                 }
             }
         }
@@ -614,21 +728,33 @@ fn all_views(gw: &Gateway, state: &ApiState, kind: Kind) -> Vec<(String, Status,
     out
 }
 
-fn list(gw: &Gateway, state: &ApiState, kind: Kind, include_inactive: bool) -> Response<Body> {
-    let items: Vec<Value> = all_views(gw, state, kind)
+fn list(
+    gw: &Gateway,
+    state: &ApiState,
+    kind: Kind,
+    include_inactive: bool,
+    d: Dialect,
+) -> Response<Body> {
+    let items: Vec<Value> = all_views(gw, state, kind, d)
         .into_iter()
         .filter(|(_, st, _, _)| include_inactive || *st == Status::Active)
         .map(|(_, _, v, _)| v)
         .collect();
     json_response(
         StatusCode::OK,
-        &json!({"items": items, "type": kind.label()}),
+        &json!({"items": items, "type": kind.list_type(d)}),
         None,
     )
 }
 
-fn get_one(gw: &Gateway, state: &ApiState, kind: Kind, name: &str) -> Option<(Value, u64)> {
-    all_views(gw, state, kind)
+fn get_one(
+    gw: &Gateway,
+    state: &ApiState,
+    kind: Kind,
+    name: &str,
+    d: Dialect,
+) -> Option<(Value, u64)> {
+    all_views(gw, state, kind, d)
         .into_iter()
         .find(|(n, _, _, _)| n == name)
         .map(|(_, _, v, ver)| (v, ver))
@@ -703,7 +829,7 @@ fn cluster_of(snap: &Snapshot, body: &Value) -> Result<String, ApiError> {
     }
 }
 
-fn realms_of(snap: &Snapshot, body: &Value) -> Result<Vec<RealmObj>, ApiError> {
+fn realms_of(snap: &Snapshot, body: &Value, d: Dialect) -> Result<Vec<RealmObj>, ApiError> {
     let realms = match body.get("realms") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
@@ -711,21 +837,52 @@ fn realms_of(snap: &Snapshot, body: &Value) -> Result<Vec<RealmObj>, ApiError> {
     };
     let mut out = Vec::new();
     for r in realms {
-        let tenant = opt_str(r, "tenant")?
-            .ok_or_else(|| ApiError::bad("every realm needs a tenant (a tenant name or \"*\")"))?;
+        let key = d.realm_key();
+        let tenant = opt_str(r, key)?.ok_or_else(|| {
+            ApiError::bad(format!(
+                "every realm needs {key:?} (a {} name or \"*\")",
+                d.realm_key()
+            ))
+        })?;
         let cluster = cluster_of(snap, r)?;
         if tenant != "*" && !snap.tenants.contains_key(&tenant) {
             return Err(ApiError::bad(format!(
                 "realm names unknown tenant {tenant:?}"
             )));
         }
-        if let Some(extra) = r
-            .as_object()
-            .and_then(|o| o.keys().find(|k| *k != "tenant" && *k != "cluster"))
-        {
+        if let Some(extra) = r.as_object().and_then(|o| {
+            o.keys()
+                .find(|k| *k != key && *k != "cluster" && *k != "label_policies")
+        }) {
             return Err(ApiError::bad(format!("unknown realm field {extra:?}")));
         }
-        out.push(RealmObj { tenant, cluster });
+        let mut label_policies = Vec::new();
+        match r.get("label_policies") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(lps)) => {
+                for lp in lps {
+                    let raw = lp
+                        .get("selector")
+                        .cloned()
+                        .ok_or_else(|| ApiError::bad("every label policy needs a selector"))?;
+                    let sel = serde_json::from_value::<crate::selector::RawSelector>(raw)
+                        .map_err(|_| {
+                            ApiError::bad(
+                                "a selector is selector text or a list of {type, name, value}",
+                            )
+                        })?
+                        .compile()
+                        .map_err(|e| ApiError::bad(format!("label policy: {e}")))?;
+                    label_policies.push(sel.to_string());
+                }
+            }
+            Some(_) => return Err(ApiError::bad("label_policies must be a list")),
+        }
+        out.push(RealmObj {
+            tenant,
+            cluster,
+            label_policies,
+        });
     }
     Ok(out)
 }
@@ -806,7 +963,14 @@ fn audit(actor: &str, action: &str, kind: Kind, name: &str) {
     tracing::info!(target: "obsgate::audit", actor, action, kind = kind.label(), name, "admin change");
 }
 
-async fn create(gw: &Gateway, admin: &Admin, actor: &str, kind: Kind, body: Value) -> ApiResult {
+async fn create(
+    gw: &Gateway,
+    admin: &Admin,
+    actor: &str,
+    kind: Kind,
+    body: Value,
+    d: Dialect,
+) -> ApiResult {
     let name = opt_str(&body, "name")?.ok_or_else(|| ApiError::bad("name is required"))?;
     // SPEC 3: 3-64 for tenants and policies, 1-255 for tokens
     let (min, max, what) = match kind {
@@ -859,10 +1023,10 @@ async fn create(gw: &Gateway, admin: &Admin, actor: &str, kind: Kind, body: Valu
                 created_at: now,
                 display_name,
                 status: Status::Active,
-                realms: realms_of(&snap, &body)?,
+                realms: realms_of(&snap, &body, d)?,
                 scopes: scopes_of(&body)?,
             };
-            let v = policy_view(&name, &p);
+            let v = policy_view(&name, &p, d);
             next.access_policies.insert(name.clone(), p);
             v
         }
@@ -904,6 +1068,7 @@ async fn create(gw: &Gateway, admin: &Admin, actor: &str, kind: Kind, body: Valu
     Ok(json_response(StatusCode::OK, &view, Some(1)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn update(
     gw: &Gateway,
     admin: &Admin,
@@ -912,6 +1077,7 @@ async fn update(
     name: &str,
     if_match: Option<u64>,
     body: Value,
+    d: Dialect,
 ) -> ApiResult {
     let mut state = admin.state.lock().await;
     let snap = gw.store.snapshot();
@@ -972,7 +1138,7 @@ async fn update(
         Kind::Policies => {
             let realms = match body.get("realms") {
                 None => None,
-                Some(_) => Some(realms_of(&snap, &body)?),
+                Some(_) => Some(realms_of(&snap, &body, d)?),
             };
             let scopes = match body.get("scopes") {
                 None => None,
@@ -993,7 +1159,7 @@ async fn update(
                 p.status = s;
             }
             p.version += 1;
-            policy_view(name, p)
+            policy_view(name, p, d)
         }
         Kind::Tokens => {
             let display_name = opt_str(&body, "display_name")?;
@@ -1011,4 +1177,65 @@ async fn update(
     commit(gw, admin, &mut state, next).await?;
     audit(actor, "update", kind, name);
     Ok(json_response(StatusCode::OK, &view, Some(current + 1)))
+}
+
+/// GEM v1's DELETE (hard, with `If-Match`). A deleted policy's tokens stop working (their owner
+/// is gone: 401); a deleted tenant is no longer granted by any realm.
+async fn delete(
+    gw: &Gateway,
+    admin: &Admin,
+    actor: &str,
+    kind: Kind,
+    name: &str,
+    if_match: Option<u64>,
+) -> ApiResult {
+    let mut state = admin.state.lock().await;
+    if file_defined(&gw.store.file_set(), kind, name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} {name:?} is defined in a policy file and is read-only here",
+                kind.label()
+            ),
+        ));
+    }
+    let current = match kind {
+        Kind::Tenants => state.data.tenants.get(name).map(|t| t.version),
+        Kind::Policies => state.data.access_policies.get(name).map(|p| p.version),
+        Kind::Tokens => state.data.tokens.get(name).map(|t| t.version),
+    }
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no {} {name:?}", kind.label()),
+        )
+    })?;
+    if let Some(v) = if_match
+        && v != current
+    {
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "version {v} is stale: the {} is at version {current}",
+                kind.label()
+            ),
+        ));
+    }
+    let mut next = state.data.clone();
+    match kind {
+        Kind::Tenants => {
+            next.tenants.remove(name);
+        }
+        Kind::Policies => {
+            next.access_policies.remove(name);
+        }
+        Kind::Tokens => {
+            next.tokens.remove(name);
+        }
+    }
+    commit(gw, admin, &mut state, next).await?;
+    audit(actor, "delete", kind, name);
+    let mut r = Response::new(full(bytes::Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
 }
