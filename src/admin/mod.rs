@@ -406,6 +406,20 @@ fn json_response(status: StatusCode, v: &Value, etag: Option<u64>) -> Response<B
     r
 }
 
+/// The OpenAPI 3 description of the admin API (kept in the repository, served as is).
+pub const OPENAPI: &str = include_str!("../../openapi/admin-api.json");
+pub const OPENAPI_PATH: &str = "/admin/api/openapi.json";
+
+/// `GET /admin/api/openapi.json`: public, it describes the API and holds no secret.
+pub fn openapi_response() -> Response<Body> {
+    let mut r = Response::new(full(OPENAPI));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// Which GEM/GET dialect a path is for, if any.
 pub fn admin_dialect(path: &str) -> Option<Dialect> {
     [Dialect::V3, Dialect::V1]
@@ -989,7 +1003,11 @@ async fn create(
     let exists = file_defined(&files, kind, &name)
         || match kind {
             Kind::Tenants => state.data.tenants.contains_key(&name),
-            Kind::Policies => state.data.access_policies.contains_key(&name),
+            // one namespace for access policies across the dialects
+            Kind::Policies => {
+                state.data.access_policies.contains_key(&name)
+                    || state.data.cloud_policies.values().any(|p| p.name == name)
+            }
             Kind::Tokens => state.data.tokens.contains_key(&name),
         };
     if exists {
@@ -1238,4 +1256,27 @@ async fn delete(
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_describes_every_dialect() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/admin/api/v3/tenants/{name}",
+            "/admin/api/v1/instances/{name}",
+            "/admin/api/v3/features",
+            "/api/v1/accesspolicies/{accessPolicyId}",
+            "/api/v1/tokens",
+            "/api/serviceaccounts/search",
+            "/api/serviceaccounts/{id}/tokens/{tokenId}",
+        ] {
+            assert!(paths.contains_key(p), "{p} is not described");
+        }
+        assert!(paths["/admin/api/v1/tokens/{name}"].get("delete").is_some());
+        assert!(paths["/admin/api/v3/tokens/{name}"].get("delete").is_none());
+    }
 }

@@ -218,6 +218,12 @@ pub async fn handle(
         return r;
     }
     // the admin API is served on the shared listener only (SPEC 9)
+    if only.is_none()
+        && req.method() == Method::GET
+        && req.uri().path() == crate::admin::OPENAPI_PATH
+    {
+        return crate::admin::openapi_response();
+    }
     if only.is_none() && crate::admin::sa::is_sa_path(req.uri().path()) {
         gw.metrics.inflight.inc();
         let resp = crate::admin::sa::handle(&gw, &conn, req).await;

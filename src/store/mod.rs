@@ -241,14 +241,10 @@ fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
             service_accounts.insert(sa.name.clone(), sa.clone());
         }
     }
+    // tokens are told apart by their hashes (random secrets), not their names: every API token
+    // is added, whatever its name
     let mut tokens = files.tokens.clone();
-    for t in &overlay.tokens {
-        if files.tokens.iter().any(|f| f.name == t.name) {
-            tracing::warn!(token = %t.name, "a policy file defines this token name too; the file's definition is in force");
-        } else {
-            tokens.push(t.clone());
-        }
-    }
+    tokens.extend(overlay.tokens.iter().cloned());
     Snapshot::new(
         files.cluster.clone(),
         files.clusters.clone(),
