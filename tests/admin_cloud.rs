@@ -649,3 +649,70 @@ async fn cloud_objects_survive_a_restart() {
     assert_eq!(r.json()["name"], "kept");
     g.shutdown().await;
 }
+
+#[tokio::test]
+async fn policy_names_are_one_namespace_and_token_names_may_repeat() {
+    let up = Upstream::start().await;
+    let s = setup(&up);
+    let (g, gw) = start(&s).await;
+    let p = create_policy(
+        gw,
+        json!({"name": "shared-name", "scopes": ["metrics:read"],
+               "realms": [{"type": "org", "identifier": "1"}]}),
+    )
+    .await;
+    let pid = p["id"].as_str().unwrap().to_string();
+    // the GEM v3 dialect sees the Cloud policy's name as taken
+    let r = call(
+        gw,
+        "admin",
+        "POST",
+        "/admin/api/v3/accesspolicies",
+        Some(json!({"name": "shared-name", "realms": [{"tenant": "org1-metrics", "cluster": "local"}],
+                    "scopes": ["metrics:read"]})),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    // and the other way round
+    let r = call(
+        gw,
+        "admin",
+        "POST",
+        "/admin/api/v3/accesspolicies",
+        Some(
+            json!({"name": "gem-name", "realms": [{"tenant": "org1-metrics", "cluster": "local"}],
+                    "scopes": ["metrics:read"]}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call(
+        gw,
+        "admin",
+        "POST",
+        "/api/v1/accesspolicies?region=eu",
+        Some(json!({"name": "gem-name", "scopes": ["metrics:read"],
+                    "realms": [{"type": "org", "identifier": "1"}]})),
+    )
+    .await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+
+    // a Cloud token may carry the name of a policy-file token ("admin"): both work
+    let r = call(
+        gw,
+        "admin",
+        "POST",
+        "/api/v1/tokens?region=eu",
+        Some(json!({"accessPolicyId": pid, "name": "admin"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let text = r.json()["token"].as_str().unwrap().to_string();
+    let q = "/prometheus/api/v1/query?query=up";
+    let r = send(&client(), get(gw, q, Some(&basic("org1-metrics", &text)))).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    assert_eq!(up.last().headers["x-scope-orgid"], "org1-metrics");
+    let r = call(gw, "admin", "GET", "/api/v1/accesspolicies?region=eu", None).await;
+    assert_eq!(r.status, 200, "the file's admin token still works");
+    g.shutdown().await;
+}
