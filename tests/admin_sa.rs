@@ -275,6 +275,19 @@ async fn service_accounts_and_their_glsa_tokens() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // out of range: a clear 400, nothing created
+    for ttl in [json!(i64::MAX), json!(-1), json!(1.5), json!("3600")] {
+        let r = call(
+            gw,
+            "admin",
+            "POST",
+            &format!("/api/serviceaccounts/{id}/tokens"),
+            Some(json!({"name": "huge", "secondsToLive": ttl})),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{ttl}");
+        assert!(r.error().contains("secondsToLive"), "{}", r.error());
+    }
     let r = call(
         gw,
         "admin",

@@ -338,6 +338,9 @@ async fn patch(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -
     ))
 }
 
+/// The longest `secondsToLive` accepted: 100 years.
+const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
+
 async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
     let name = super::opt_str(&body, "name")?
         .filter(|n| !n.trim().is_empty() && n.len() <= 190)
@@ -347,8 +350,12 @@ async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: V
         None | Some(Value::Null) => 0,
         Some(v) => v
             .as_i64()
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| ApiError::bad("secondsToLive must be a non-negative integer"))?,
+            .filter(|n| (0..=MAX_SECONDS_TO_LIVE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "secondsToLive must be an integer from 0 to {MAX_SECONDS_TO_LIVE} (100 years)"
+                ))
+            })?,
     };
     let mut st = admin.state.lock().await;
     if !st.data.service_accounts.contains_key(&id) {
@@ -382,10 +389,13 @@ async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: V
             name: name.clone(),
             hash: TokenHash::of(&key).stored(),
             created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            expiration: (ttl > 0).then(|| {
-                (now + chrono::Duration::seconds(ttl))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            }),
+            // in range: ttl is at most 100 years
+            expiration: (ttl > 0)
+                .then(|| {
+                    chrono::TimeDelta::try_seconds(ttl).and_then(|d| now.checked_add_signed(d))
+                })
+                .flatten()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         },
     );
     commit(gw, admin, &mut st, next).await?;
