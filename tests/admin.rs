@@ -244,6 +244,33 @@ async fn create_read_update_and_soft_delete_take_effect_on_the_data_plane() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["scopes"], json!(["metrics:write"]));
+    // a PUT replaces the policy, as in the reference: the omitted realms are now empty
+    assert_eq!(r.json()["realms"], json!([]));
+    let r = send(&client(), get(gw, q, Some(&basic("api-tenant", &token)))).await;
+    assert_eq!(r.status, 401, "inactive tenant");
+
+    // a tenant too: a PUT without display_name clears it, an omitted status is kept
+    let r = call(
+        gw,
+        "PUT",
+        "tenants/api-tenant",
+        Some("*"),
+        Some(json!({"display_name": "API tenant", "cluster": "local"})),
+    )
+    .await;
+    assert_eq!(r.json()["display_name"], "API tenant");
+    assert_eq!(r.json()["status"], "inactive");
+    let r = call(
+        gw,
+        "PUT",
+        "tenants/api-tenant",
+        Some("*"),
+        Some(json!({"status": "active", "cluster": "local"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("display_name").is_none(), "{:?}", r.body);
+    assert_eq!(r.json()["status"], "active");
     g.shutdown().await;
 }
 

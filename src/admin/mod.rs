@@ -641,9 +641,21 @@ fn file_defined(files: &Snapshot, kind: Kind, name: &str) -> bool {
     }
 }
 
+/// GEM/GET leave `display_name` out of an object that has none (the reference's examples).
+fn omit_absent_display_name(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut()
+        && o.get("display_name").is_some_and(Value::is_null)
+    {
+        o.remove("display_name");
+    }
+    v
+}
+
 fn tenant_view(name: &str, t: &TenantObj) -> Value {
-    json!({"name": name, "display_name": t.display_name, "created_at": t.created_at,
-           "status": t.status, "cluster": t.cluster})
+    omit_absent_display_name(
+        json!({"name": name, "display_name": t.display_name, "created_at": t.created_at,
+               "status": t.status, "cluster": t.cluster}),
+    )
 }
 
 fn policy_view(name: &str, p: &PolicyObj, d: Dialect) -> Value {
@@ -659,14 +671,18 @@ fn policy_view(name: &str, p: &PolicyObj, d: Dialect) -> Value {
             realm_view(d, &r.tenant, &r.cluster, &lps)
         })
         .collect();
-    json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
-           "status": p.status, "realms": realms, "scopes": p.scopes})
+    omit_absent_display_name(
+        json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
+               "status": p.status, "realms": realms, "scopes": p.scopes}),
+    )
 }
 
 fn token_view(name: &str, t: &TokenObj) -> Value {
-    json!({"name": name, "display_name": t.display_name, "created_by": t.created_by,
-           "created_at": t.created_at, "status": t.status, "access_policy": t.access_policy,
-           "expiration": t.expiration.as_deref().unwrap_or(NO_EXPIRATION)})
+    omit_absent_display_name(
+        json!({"name": name, "display_name": t.display_name, "created_by": t.created_by,
+               "created_at": t.created_at, "status": t.status, "access_policy": t.access_policy,
+               "expiration": t.expiration.as_deref().unwrap_or(NO_EXPIRATION)}),
+    )
 }
 
 /// Every object of `kind`: file-defined (version 0, read-only) and API-created.
@@ -681,7 +697,7 @@ fn all_views(
     match kind {
         Kind::Tenants => {
             for (n, t) in &files.tenants {
-                let v = json!({"name": n, "display_name": null, "created_at": EPOCH,
+                let v = json!({"name": n, "created_at": EPOCH,
                                "status": t.status, "cluster": t.cluster});
                 out.push((n.clone(), t.status, v, 0));
             }
@@ -706,9 +722,11 @@ fn all_views(
                         _ => None,
                     })
                     .collect();
-                let v = json!({"name": n, "display_name": p.display_name, "created_at": EPOCH,
-                               "status": p.status, "realms": realms,
-                               "scopes": p.scopes.iter().map(Scope::as_str).collect::<Vec<_>>()});
+                let v = omit_absent_display_name(
+                    json!({"name": n, "display_name": p.display_name, "created_at": EPOCH,
+                           "status": p.status, "realms": realms,
+                           "scopes": p.scopes.iter().map(Scope::as_str).collect::<Vec<_>>()}),
+                );
                 out.push((n.clone(), p.status, v, 0));
             }
             for (n, p) in &state.access_policies {
@@ -725,7 +743,7 @@ fn all_views(
                         .and_then(|e| chrono::DateTime::from_timestamp(e, 0))
                         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                         .unwrap_or_else(|| NO_EXPIRATION.to_string());
-                    let v = json!({"name": t.name, "display_name": null, "created_by": "policy file",
+                    let v = json!({"name": t.name, "created_by": "policy file",
                                    "created_at": EPOCH, "status": t.status, "access_policy": ap,
                                    "expiration": exp});
                     out.push((t.name.clone(), t.status, v, 0));
@@ -1135,18 +1153,14 @@ async fn update(
     let mut next = state.data.clone();
     let view = match kind {
         Kind::Tenants => {
-            let cluster = match body.get("cluster") {
-                None | Some(Value::Null) => None,
-                Some(_) => Some(cluster_of(&snap, &body)?),
-            };
+            // a PUT replaces the object, as in the reference: what the body omits is cleared
+            // (display_name) or takes its create-time default (cluster); name and created_at
+            // cannot change, and an omitted status is kept
+            let cluster = cluster_of(&snap, &body)?;
             let display_name = opt_str(&body, "display_name")?;
             let t = next.tenants.get_mut(name).expect("checked above");
-            if let Some(c) = cluster {
-                t.cluster = c;
-            }
-            if display_name.is_some() {
-                t.display_name = display_name;
-            }
+            t.cluster = cluster;
+            t.display_name = display_name;
             if let Some(s) = status {
                 t.status = s;
             }
@@ -1154,31 +1168,22 @@ async fn update(
             tenant_view(name, t)
         }
         Kind::Policies => {
-            let realms = match body.get("realms") {
-                None => None,
-                Some(_) => Some(realms_of(&snap, &body, d)?),
-            };
-            let scopes = match body.get("scopes") {
-                None => None,
-                Some(_) => Some(scopes_of(&body)?),
-            };
+            // replaced as a whole, like a tenant: omitted realms or scopes become empty
+            let realms = realms_of(&snap, &body, d)?;
+            let scopes = scopes_of(&body)?;
             let display_name = opt_str(&body, "display_name")?;
             let p = next.access_policies.get_mut(name).expect("checked above");
-            if let Some(r) = realms {
-                p.realms = r;
-            }
-            if let Some(s) = scopes {
-                p.scopes = s;
-            }
-            if display_name.is_some() {
-                p.display_name = display_name;
-            }
+            p.realms = realms;
+            p.scopes = scopes;
+            p.display_name = display_name;
             if let Some(s) = status {
                 p.status = s;
             }
             p.version += 1;
             policy_view(name, p, d)
         }
+        // a token's policy and expiration are fixed at creation (the reference's example PUTs
+        // only a status): what the body omits is kept
         Kind::Tokens => {
             let display_name = opt_str(&body, "display_name")?;
             let t = next.tokens.get_mut(name).expect("checked above");
