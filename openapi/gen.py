@@ -102,6 +102,9 @@ def gem(prefix, tenants, realm, v1):
     policy = {"type": "object", "required": ["name", "created_at", "status", "realms", "scopes"], "properties": {
         "name": {"type": "string"}, "display_name": NS, "created_at": {"type": "string"}, "status": ref("Status"),
         "realms": {"type": "array", "items": ref(realm)}, "scopes": {"type": "array", "items": {"type": "string"}}}}
+    if v1:
+        policy["required"].append("expiration")
+        policy["properties"]["expiration"] = {"type": "string"}
     rk = "instance" if v1 else "tenant"
     pin = {"type": "object", "required": ["name"], "properties": {
         "name": GEM_NAME, "display_name": {"type": "string"}, "status": ref("Status"),
@@ -109,6 +112,8 @@ def gem(prefix, tenants, realm, v1):
             rk: {"type": "string", "enum": ["demo", "team-b", "*"]}, "cluster": {"type": "string", "enum": ["local"]},
             "label_policies": {"type": "array", "items": ref("LabelPolicyInput")}}}},
         "scopes": SCOPE_LIST}}
+    if v1:
+        pin["properties"]["expiration"] = {"type": "string", "format": "date-time"}
     schemas["Policy" + ("V1" if v1 else "V3")] = policy
     P = ref("Policy" + ("V1" if v1 else "V3"))
     paths[f"{prefix}/clusters"] = {"get": {"responses": {**ok(lt("Cluster")), **errs(401, 403)}}}

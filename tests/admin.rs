@@ -638,6 +638,71 @@ async fn gem_v1_names_label_policies_and_delete_with_if_match() {
     let token = r.json()["token"].as_str().unwrap().to_string();
     let r = call_v1(gw, "GET", "tokens", None, None).await;
     assert_eq!(r.json()["type"], "key");
+    // v1 policies carry an expiration ("0001-01-01T00:00:00Z" = never); v3 shows none
+    let r = call_v1(gw, "GET", "accesspolicies/dev-read", None, None).await;
+    assert_eq!(r.json()["expiration"], "0001-01-01T00:00:00Z");
+    let r = call(gw, "GET", "accesspolicies/dev-read", None, None).await;
+    assert!(r.json().get("expiration").is_none());
+    // a policy that has expired: its tokens get 401, whatever their own expiration
+    for (policy, expiration, status) in [
+        ("old-policy", "2020-01-01T00:00:00Z", 401),
+        ("new-policy", "2999-01-01T00:00:00+02:00", 200),
+    ] {
+        let r = call_v1(
+            gw,
+            "POST",
+            "accesspolicies",
+            None,
+            Some(
+                json!({"name": policy, "expiration": expiration, "scopes": ["metrics:read"],
+                        "realms": [{"instance": "metrics-dev", "cluster": "local"}]}),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert!(r.json()["expiration"].as_str().unwrap().ends_with('Z'));
+        let r = call_v1(
+            gw,
+            "POST",
+            "tokens",
+            None,
+            Some(json!({"name": format!("{policy}-token"), "access_policy": policy})),
+        )
+        .await;
+        let t = r.json()["token"].as_str().unwrap().to_string();
+        let r = send(
+            &client(),
+            get(
+                gw,
+                "/prometheus/api/v1/query?query=up",
+                Some(&basic("metrics-dev", &t)),
+            ),
+        )
+        .await;
+        assert_eq!(r.status, status, "{policy}");
+        // the reference's DELETE example says `/admin/api/v1/token/{name}`: it works too
+        assert_eq!(
+            call_v1(
+                gw,
+                "DELETE",
+                &format!("token/{policy}-token"),
+                Some("*"),
+                None
+            )
+            .await
+            .status,
+            204
+        );
+    }
+    let r = call_v1(
+        gw,
+        "POST",
+        "accesspolicies",
+        None,
+        Some(json!({"name": "bad-exp", "expiration": "tomorrow", "scopes": []})),
+    )
+    .await;
+    assert_eq!(r.status, 400);
     // the label policy reaches the backend
     let q = "/prometheus/api/v1/query?query=up";
     let r = send(&client(), get(gw, q, Some(&basic("metrics-dev", &token)))).await;

@@ -148,6 +148,9 @@ pub struct PolicyObj {
     pub status: Status,
     pub realms: Vec<RealmObj>,
     pub scopes: Vec<String>,
+    /// GEM v1's policy `expiration` (RFC 3339; `None` = never): the policy's tokens expire then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +219,16 @@ impl ApiState {
                     name: name.clone(),
                     owner: TokenOwner::Policy(t.access_policy.clone()),
                     status: t.status,
-                    expires_at: t.expiration.as_deref().and_then(unix_of),
+                    // the earlier of the token's expiration and its (v1) policy's
+                    expires_at: [
+                        expiry(t.expiration.as_deref()),
+                        self.access_policies
+                            .get(&t.access_policy)
+                            .and_then(|p| expiry(p.expiration.as_deref())),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min(),
                     // a hash that does not parse matches nothing: fail closed
                     hash: TokenHash::parse_stored(&t.hash)?,
                 })
@@ -277,7 +289,7 @@ impl ApiState {
                 name: t.name.clone(),
                 owner: TokenOwner::Policy(p.name.clone()),
                 status: Status::Active,
-                expires_at: t.expires_at.as_deref().and_then(unix_of),
+                expires_at: expiry(t.expires_at.as_deref()),
                 hash,
             });
         }
@@ -303,7 +315,7 @@ impl ApiState {
                 name: t.name.clone(),
                 owner: TokenOwner::ServiceAccount(owner.name.clone()),
                 status: Status::Active,
-                expires_at: t.expiration.as_deref().and_then(unix_of),
+                expires_at: expiry(t.expiration.as_deref()),
                 hash,
             });
         }
@@ -318,6 +330,12 @@ impl ApiState {
 
 fn audit_cloud(actor: &str, action: &str, kind: &str, name: &str, id: &str) {
     tracing::info!(target: "obsgate::audit", actor, action, kind, name, id, "admin change");
+}
+
+/// A stored expiration as a Unix time. It was validated when saved; one that no longer parses
+/// counts as long expired (fail closed), never as "no expiration".
+fn expiry(rfc3339: Option<&str>) -> Option<i64> {
+    rfc3339.map(|e| unix_of(e).unwrap_or(i64::MIN))
 }
 
 fn unix_of(rfc3339: &str) -> Option<i64> {
@@ -560,6 +578,8 @@ async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>)
         c if c == d.tenants() => Kind::Tenants,
         "accesspolicies" => Kind::Policies,
         "tokens" => Kind::Tokens,
+        // the v1 reference's DELETE example spells it `/admin/api/v1/token/{name}`
+        "token" if d == Dialect::V1 && name.is_some() => Kind::Tokens,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -671,10 +691,12 @@ fn policy_view(name: &str, p: &PolicyObj, d: Dialect) -> Value {
             realm_view(d, &r.tenant, &r.cluster, &lps)
         })
         .collect();
-    omit_absent_display_name(
-        json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
-               "status": p.status, "realms": realms, "scopes": p.scopes}),
-    )
+    let mut v = json!({"name": name, "display_name": p.display_name, "created_at": p.created_at,
+                       "status": p.status, "realms": realms, "scopes": p.scopes});
+    if d == Dialect::V1 {
+        v["expiration"] = json!(p.expiration.as_deref().unwrap_or(NO_EXPIRATION));
+    }
+    omit_absent_display_name(v)
 }
 
 fn token_view(name: &str, t: &TokenObj) -> Value {
@@ -722,11 +744,13 @@ fn all_views(
                         _ => None,
                     })
                     .collect();
-                let v = omit_absent_display_name(
-                    json!({"name": n, "display_name": p.display_name, "created_at": EPOCH,
+                let mut v = json!({"name": n, "display_name": p.display_name, "created_at": EPOCH,
                            "status": p.status, "realms": realms,
-                           "scopes": p.scopes.iter().map(Scope::as_str).collect::<Vec<_>>()}),
-                );
+                           "scopes": p.scopes.iter().map(Scope::as_str).collect::<Vec<_>>()});
+                if d == Dialect::V1 {
+                    v["expiration"] = json!(NO_EXPIRATION);
+                }
+                let v = omit_absent_display_name(v);
                 out.push((n.clone(), p.status, v, 0));
             }
             for (n, p) in &state.access_policies {
@@ -1061,6 +1085,11 @@ async fn create(
                 status: Status::Active,
                 realms: realms_of(&snap, &body, d)?,
                 scopes: scopes_of(&body)?,
+                // a v1 field; v3 policies have none
+                expiration: match d {
+                    Dialect::V1 => expiration_of(&body)?,
+                    Dialect::V3 => None,
+                },
             };
             let v = policy_view(&name, &p, d);
             next.access_policies.insert(name.clone(), p);
