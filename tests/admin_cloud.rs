@@ -174,7 +174,7 @@ async fn tokens_work_on_the_data_plane_with_realms_label_policies_and_subnets() 
         }),
     )
     .await;
-    assert_eq!(p["orgId"], "");
+    assert_eq!(p["orgId"], "1", "the org of stack 101's tenants");
     assert_eq!(p["displayName"], "Stack Readers");
     assert_eq!(p["conditions"]["allowedSubnets"], json!(["10.0.0.0/8"]));
     let pid = p["id"].as_str().unwrap().to_string();

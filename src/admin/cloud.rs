@@ -527,10 +527,21 @@ async fn save_policy(
                 ));
             }
             let realms = realms_from(&body)?;
+            // the org realm's identifier; for stack realms only, the org their tenants belong
+            // to (as Grafana Cloud reports a stack policy's org); empty if neither tells
+            let snap = gw.store.snapshot();
             let org_id = realms
                 .iter()
                 .find(|r| r.kind == "org")
                 .map(|r| r.identifier.clone())
+                .or_else(|| {
+                    realms.iter().find_map(|r| {
+                        snap.tenants
+                            .values()
+                            .find(|t| t.stack.as_deref() == Some(r.identifier.as_str()))
+                            .and_then(|t| t.org.clone())
+                    })
+                })
                 .unwrap_or_default();
             let p = CloudPolicy {
                 display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
