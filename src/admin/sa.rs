@@ -3,8 +3,8 @@
 //! tokens answer 401; roles map to scopes as SPEC 3 says. Authorization: `admin`.
 
 use super::{
-    Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, now_rfc3339,
-    read_json, require_scope,
+    Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, read_json,
+    require_scope,
 };
 use crate::policy::Role;
 use crate::proxy::{Body, Conn, Gateway};
@@ -272,7 +272,7 @@ async fn create(gw: &Gateway, admin: &Admin, actor: &str, body: Value) -> ApiRes
     let mut next = st.data.clone();
     next.next_id += 1;
     let id = next.next_id;
-    let now = now_rfc3339();
+    let now = now_secs();
     next.service_accounts.insert(
         id,
         SaObj {
@@ -326,7 +326,7 @@ async fn patch(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -
     if let Some(d) = disabled {
         sa.disabled = d;
     }
-    sa.updated_at = now_rfc3339();
+    sa.updated_at = now_secs();
     let label = sa.name.clone();
     commit(gw, admin, &mut st, next).await?;
     super::audit_cloud(actor, "update", "service_account", &label, &id.to_string());
@@ -440,4 +440,9 @@ async fn delete_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, tid: u6
         &json!({"message": "API key deleted"}),
         None,
     ))
+}
+
+/// Grafana writes service-account times to the second (`2022-03-21T14:35:33Z`).
+fn now_secs() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
