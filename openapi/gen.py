@@ -3,6 +3,9 @@
 import json
 E = {"$ref": "#/components/responses/Error"}
 def errs(*codes):
+    # every authenticated operation may also answer 429 (failed-authentication throttling)
+    if 401 in codes:
+        codes = codes + (429,)
     return {str(c): E for c in codes}
 def ok(schema, code="200", etag=False):
     r = {"description": "OK", "content": {"application/json": {"schema": schema}}}

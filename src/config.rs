@@ -27,6 +27,7 @@ pub struct Config {
     pub lbac: LbacMode,
     pub client_ip: ClientIpConfig,
     pub cache: CacheConfig,
+    pub auth_throttle: AuthThrottleConfig,
     pub log: LogConfig,
 }
 
@@ -157,6 +158,27 @@ pub struct CacheConfig {
     pub ttl: Duration,
 }
 
+/// Failed-authentication throttling per client address (IPv6: per /64).
+#[derive(Debug, Clone)]
+pub struct AuthThrottleConfig {
+    /// 401s a client may get in a row; 0 turns throttling off.
+    pub burst: u32,
+    /// How fast that allowance comes back.
+    pub per_second: f64,
+    /// Client addresses tracked at most (least recently used forgotten first).
+    pub max_clients: u64,
+}
+
+impl Default for AuthThrottleConfig {
+    fn default() -> Self {
+        AuthThrottleConfig {
+            burst: 20,
+            per_second: 1.0,
+            max_clients: 65_536,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// A `tracing` filter directive such as `info` or `obsgate=debug,info`.
@@ -183,6 +205,8 @@ struct RawConfig {
     client_ip: Option<RawClientIp>,
     #[serde(default)]
     cache: Option<RawCache>,
+    #[serde(default)]
+    auth_throttle: Option<RawAuthThrottle>,
     #[serde(default)]
     log: Option<RawLog>,
 }
@@ -258,6 +282,14 @@ struct RawClientIp {
 struct RawCache {
     capacity: Option<u64>,
     ttl: Option<PromDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuthThrottle {
+    burst: Option<u32>,
+    per_second: Option<f64>,
+    max_clients: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -461,6 +493,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(60)),
     };
+    let raw_throttle = raw.auth_throttle.unwrap_or_default();
+    let defaults = AuthThrottleConfig::default();
+    let auth_throttle = AuthThrottleConfig {
+        burst: raw_throttle.burst.unwrap_or(defaults.burst),
+        per_second: raw_throttle.per_second.unwrap_or(defaults.per_second),
+        max_clients: raw_throttle.max_clients.unwrap_or(defaults.max_clients),
+    };
+    if !(auth_throttle.per_second.is_finite() && auth_throttle.per_second > 0.0) {
+        errors.push(FileError::whole(
+            path,
+            format!(
+                "auth_throttle.per_second must be a positive number, not {}",
+                auth_throttle.per_second
+            ),
+        ));
+    }
+    if auth_throttle.max_clients == 0 {
+        errors.push(FileError::whole(
+            path,
+            "auth_throttle.max_clients must be at least 1 (set burst: 0 to turn throttling off)",
+        ));
+    }
     let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         errors.push(FileError::whole(
@@ -501,6 +555,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
                 .collect(),
         },
         cache,
+        auth_throttle,
         log: LogConfig { level },
     })
 }
@@ -623,5 +678,40 @@ cache:
         assert_eq!(c.cache.capacity, 100_000);
         assert_eq!(c.lbac, LbacMode::Header);
         assert!(c.backends.metrics.is_none());
+        assert_eq!(
+            (
+                c.auth_throttle.burst,
+                c.auth_throttle.per_second,
+                c.auth_throttle.max_clients
+            ),
+            (20, 1.0, 65_536)
+        );
+    }
+
+    #[test]
+    fn auth_throttle_values_are_checked() {
+        let c = p("auth_throttle:\n  burst: 5\n  per_second: 0.5\n  max_clients: 10\n").unwrap();
+        assert_eq!(
+            (
+                c.auth_throttle.burst,
+                c.auth_throttle.per_second,
+                c.auth_throttle.max_clients
+            ),
+            (5, 0.5, 10)
+        );
+        let e = p("auth_throttle:\n  per_second: 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("per_second must be a positive"),
+            "{e}"
+        );
+        let e = p("auth_throttle:\n  max_clients: 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("max_clients must be at least 1"),
+            "{e}"
+        );
+        let e = p("auth_throttle:\n  burst: -1\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
+        let e = p("auth_throttle:\n  rate: 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `rate`"), "{e}");
     }
 }

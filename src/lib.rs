@@ -16,4 +16,5 @@ pub mod route;
 pub mod selector;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod token;

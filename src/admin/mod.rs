@@ -382,16 +382,19 @@ impl Admin {
 }
 
 /// A failed admin call: status and message.
-struct ApiError(StatusCode, String);
+struct ApiError(StatusCode, String, Option<u64>);
 
 impl ApiError {
     fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
-        ApiError(status, msg.into())
+        ApiError(status, msg.into(), None)
     }
     fn bad(msg: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, msg)
     }
     fn response(self) -> Response<Body> {
+        if let Some(secs) = self.2 {
+            return crate::proxy::throttled_response(secs);
+        }
         let kind = match self.0.as_u16() {
             400 | 413 => "bad_data",
             401 => "unauthorized",
@@ -470,9 +473,43 @@ pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Respon
 
 /// The caller's token, checked like the data plane checks a token: known, active, not
 /// expired, from an allowed subnet. Scopes are checked by the caller.
+/// The caller's identity. Failed authentications count against the client's allowance, as on
+/// the data plane; past it, 429 before any work on the token.
 fn authenticate(
     gw: &Gateway,
     conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Arc<policy::Identity>, ApiError> {
+    let ip = auth::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &gw.config.client_ip.trusted_proxies,
+    );
+    if let Some(t) = &gw.throttle
+        && let Err(secs) = t.check(ip)
+    {
+        gw.metrics
+            .auth_decisions
+            .with_label_values(&["deny", "throttled"])
+            .inc();
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            crate::proxy::THROTTLED_MESSAGE.to_string(),
+            Some(secs),
+        ));
+    }
+    let r = authenticate_token(gw, ip, req);
+    if let (Err(e), Some(t)) = (&r, &gw.throttle)
+        && e.0 == StatusCode::UNAUTHORIZED
+    {
+        t.failed(ip);
+    }
+    r
+}
+
+fn authenticate_token(
+    gw: &Gateway,
+    ip: std::net::IpAddr,
     req: &Request<Incoming>,
 ) -> Result<Arc<policy::Identity>, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
@@ -487,11 +524,6 @@ fn authenticate(
     if !id.active || id.expires_at.is_some_and(|e| now >= e) {
         return Err(unauthorized(policy::INVALID_TOKEN_MESSAGE));
     }
-    let ip = auth::client_ip(
-        conn.peer.ip(),
-        req.headers(),
-        &gw.config.client_ip.trusted_proxies,
-    );
     if !id.allowed_subnets.is_empty() && !id.allowed_subnets.iter().any(|n| n.contains(&ip)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

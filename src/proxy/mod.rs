@@ -49,6 +49,8 @@ pub struct Gateway {
     /// The admin API's state (`None` in tests that build a gateway without one).
     pub admin: Option<crate::admin::Admin>,
     rewrite_cache: crate::lbac::RewriteCache,
+    /// Failed-authentication throttling (`None`: off).
+    pub throttle: Option<crate::throttle::AuthThrottle>,
 }
 
 fn slot_index(s: BackendSlot) -> usize {
@@ -70,6 +72,7 @@ impl Gateway {
         for b in config.backends.iter() {
             upstreams[slot_index(b.slot)] = Some(client::Upstream::new(b)?);
         }
+        let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle);
         Ok(Gateway {
             config,
             store,
@@ -77,6 +80,7 @@ impl Gateway {
             upstreams,
             ready: AtomicBool::new(false),
             admin: None,
+            throttle,
             rewrite_cache: crate::lbac::RewriteCache::default(),
         })
     }
@@ -101,6 +105,8 @@ pub enum Failure {
     BadRequest(String),
     BadGateway(String),
     GatewayTimeout(String),
+    /// Too many failed authentications from this client: retry after this many seconds.
+    Throttled(u64),
 }
 
 impl Failure {
@@ -112,6 +118,7 @@ impl Failure {
             Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
             Failure::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Failure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -123,6 +130,7 @@ impl Failure {
             Failure::BadRequest(_) => "bad_data",
             Failure::BadGateway(_) => "unavailable",
             Failure::GatewayTimeout(_) => "timeout",
+            Failure::Throttled(_) => "too_many_requests",
         }
     }
 
@@ -133,13 +141,34 @@ impl Failure {
             | Failure::BadGateway(m)
             | Failure::GatewayTimeout(m) => m,
             Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
+            Failure::Throttled(_) => THROTTLED_MESSAGE,
         }
     }
 
-    /// Prometheus-API-style JSON error; 401s carry `WWW-Authenticate`.
+    /// Prometheus-API-style JSON error; 401s carry `WWW-Authenticate`, 429s `Retry-After`.
     pub fn into_response(self) -> Response<Body> {
-        error_response(self.status(), self.error_type(), self.message())
+        match self {
+            Failure::Throttled(secs) => throttled_response(secs),
+            f => error_response(f.status(), f.error_type(), f.message()),
+        }
     }
+}
+
+pub const THROTTLED_MESSAGE: &str =
+    "too many failed authentications from this address; retry later";
+
+/// 429 with `Retry-After`, for a client past its failed-authentication allowance.
+pub fn throttled_response(retry_after_secs: u64) -> Response<Body> {
+    let mut r = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        THROTTLED_MESSAGE,
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after_secs),
+    );
+    r
 }
 
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
@@ -265,6 +294,11 @@ pub async fn handle(
                 {
                     Ok(r) => r,
                     Err(f) => {
+                        if let (Failure::Unauthorized { .. }, Some(t), Some(ip)) =
+                            (&f, &gw.throttle, audit.client_ip)
+                        {
+                            t.failed(ip);
+                        }
                         log_denial(&gw, &f, peer, name, &audit);
                         f.into_response()
                     }
@@ -288,6 +322,15 @@ fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &Audi
         Failure::Unauthorized { reason, .. } => (*reason, 401),
         Failure::Forbidden { reason, .. } => (*reason, 403),
         Failure::BadRequest(_) => ("bad_request", 400),
+        // counted, not logged line by line: a throttled client is one that is flooding us
+        Failure::Throttled(_) => {
+            gw.metrics
+                .auth_decisions
+                .with_label_values(&["deny", "throttled"])
+                .inc();
+            tracing::debug!(client_ip = ?a.client_ip, route, "failed-authentication throttle: 429");
+            return;
+        }
         // upstream failures are not authorization decisions
         _ => return,
     };
@@ -370,6 +413,12 @@ async fn authorize_and_forward(
         &gw.config.client_ip.trusted_proxies,
     );
     audit.client_ip = Some(client_ip);
+    // a client past its failed-authentication allowance: 429 before any work on its token
+    if let Some(t) = &gw.throttle
+        && let Err(secs) = t.check(client_ip)
+    {
+        return Err(Failure::Throttled(secs));
+    }
     let (org_id, enforcement) = {
         let creds = auth::credentials(req.headers())
             .map_err(|e| unauthorized(e.reason(), e.to_string()))?;
