@@ -14,6 +14,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.yaml";
 /// Upstream response-header timeout when a backend does not set `timeout`.
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +30,7 @@ pub struct Config {
     pub client_ip: ClientIpConfig,
     pub cache: CacheConfig,
     pub auth_throttle: AuthThrottleConfig,
+    pub limits: Limits,
     pub log: LogConfig,
 }
 
@@ -112,9 +115,47 @@ pub struct Backend {
     pub base_path: String,
     pub listen: Option<SocketAddr>,
     pub ca_file: Option<PathBuf>,
-    /// Time allowed for the upstream's response headers (504 past it).
+    /// Time allowed for the upstream's response headers (504 past it), for reads.
     pub timeout: Duration,
+    /// The same for writes (pushes) and for long exports (remote read, block upload, streaming).
+    pub write_timeout: Duration,
+    pub export_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Largest request body of a write to this backend (413 above).
+    pub max_write_body_bytes: u64,
+}
+
+/// Limits on clients (all configurable under `limits:`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// An HTTP/1 request head must arrive within this (408 past it).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Largest request head (431 above).
+    pub max_header_bytes: u64,
+    /// Largest request body of a read (a form-encoded query) (413 above).
+    pub max_read_body_bytes: u64,
+    /// Default for each backend's `max_write_body_bytes`.
+    pub max_write_body_bytes: u64,
+    /// A request body may pause at most this long (408 past it).
+    pub body_read_timeout: Duration,
+    /// Client connections open at once, over every listener (503 above).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_header_bytes: 64 << 10,
+            max_read_body_bytes: 1 << 20,
+            max_write_body_bytes: 64 << 20,
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,6 +249,8 @@ struct RawConfig {
     #[serde(default)]
     auth_throttle: Option<RawAuthThrottle>,
     #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
     log: Option<RawLog>,
 }
 
@@ -253,7 +296,10 @@ struct RawBackend {
     listen: Option<SocketAddr>,
     ca_file: Option<String>,
     timeout: Option<PromDuration>,
+    write_timeout: Option<PromDuration>,
+    export_timeout: Option<PromDuration>,
     connect_timeout: Option<PromDuration>,
+    max_write_body_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -282,6 +328,18 @@ struct RawClientIp {
 struct RawCache {
     capacity: Option<u64>,
     ttl: Option<PromDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<PromDuration>,
+    idle_timeout: Option<PromDuration>,
+    max_header_bytes: Option<u64>,
+    max_read_body_bytes: Option<u64>,
+    max_write_body_bytes: Option<u64>,
+    body_read_timeout: Option<PromDuration>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -402,6 +460,61 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             .unwrap_or(Duration::from_secs(30)),
     };
 
+    let raw_limits = raw.limits.unwrap_or_default();
+    let d = Limits::default();
+    let limits = Limits {
+        header_read_timeout: raw_limits
+            .header_read_timeout
+            .map(|x| x.0)
+            .unwrap_or(d.header_read_timeout),
+        idle_timeout: raw_limits
+            .idle_timeout
+            .map(|x| x.0)
+            .unwrap_or(d.idle_timeout),
+        max_header_bytes: raw_limits.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_read_body_bytes: raw_limits
+            .max_read_body_bytes
+            .unwrap_or(d.max_read_body_bytes),
+        max_write_body_bytes: raw_limits
+            .max_write_body_bytes
+            .unwrap_or(d.max_write_body_bytes),
+        body_read_timeout: raw_limits
+            .body_read_timeout
+            .map(|x| x.0)
+            .unwrap_or(d.body_read_timeout),
+        max_connections: raw_limits.max_connections.unwrap_or(d.max_connections),
+    };
+    for (name, zero) in [
+        ("header_read_timeout", limits.header_read_timeout.is_zero()),
+        ("idle_timeout", limits.idle_timeout.is_zero()),
+        ("body_read_timeout", limits.body_read_timeout.is_zero()),
+        ("max_connections", limits.max_connections == 0),
+        ("max_read_body_bytes", limits.max_read_body_bytes == 0),
+        ("max_write_body_bytes", limits.max_write_body_bytes == 0),
+    ] {
+        if zero {
+            errors.push(FileError::whole(
+                path,
+                format!("limits.{name} must be greater than 0"),
+            ));
+        }
+    }
+    if limits.max_read_body_bytes > crate::lbac::request::MAX_FORM_BODY as u64 {
+        errors.push(FileError::whole(
+            path,
+            format!(
+                "limits.max_read_body_bytes must be at most {} (16 MiB)",
+                crate::lbac::request::MAX_FORM_BODY
+            ),
+        ));
+    }
+    // hyper reads a head into a buffer of at least 8 KiB
+    if limits.max_header_bytes < 8192 || limits.max_header_bytes > (16 << 20) {
+        errors.push(FileError::whole(
+            path,
+            "limits.max_header_bytes must be from 8192 to 16777216",
+        ));
+    }
     let mut backends = Backends::default();
     let slots = [
         (
@@ -473,10 +586,21 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             listen: rb.listen,
             ca_file: rb.ca_file.as_deref().map(resolve),
             timeout: rb.timeout.map(|d| d.0).unwrap_or(DEFAULT_BACKEND_TIMEOUT),
+            write_timeout: rb
+                .write_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_WRITE_TIMEOUT),
+            export_timeout: rb
+                .export_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_EXPORT_TIMEOUT),
             connect_timeout: rb
                 .connect_timeout
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            max_write_body_bytes: rb
+                .max_write_body_bytes
+                .unwrap_or(limits.max_write_body_bytes),
         };
         match slot {
             BackendSlot::Metrics => backends.metrics = Some(b),
@@ -556,6 +680,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         },
         cache,
         auth_throttle,
+        limits,
         log: LogConfig { level },
     })
 }

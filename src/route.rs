@@ -18,6 +18,45 @@ pub struct RouteMatch<'a> {
     pub label_policies: bool,
     /// Path sent upstream (before the backend's base path is prepended).
     pub upstream_path: Cow<'a, str>,
+    /// Which upstream timeout and body limit apply.
+    pub class: RouteClass,
+}
+
+/// Routes grouped by how long they may take and how large their request bodies may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    /// Queries and other reads: the backend's `timeout`, `limits.max_read_body_bytes`.
+    Read,
+    /// Pushes, deletes, rule changes: `write_timeout`, the backend's `max_write_body_bytes`.
+    Write,
+    /// Long exports and uploads (remote read, block upload, Tempo streaming search):
+    /// `export_timeout`, `max_write_body_bytes`.
+    Export,
+}
+
+impl RouteClass {
+    fn of(name: &str, scope: Option<Scope>) -> RouteClass {
+        match name {
+            "/prometheus/api/v1/read"
+            | "/api/v1/upload/block/*"
+            | "/tempopb.StreamingQuerier/*" => RouteClass::Export,
+            _ => match scope {
+                Some(
+                    Scope::MetricsWrite
+                    | Scope::MetricsDelete
+                    | Scope::MetricsImport
+                    | Scope::LogsWrite
+                    | Scope::LogsDelete
+                    | Scope::TracesWrite
+                    | Scope::TracesDelete
+                    | Scope::ProfilesWrite
+                    | Scope::RulesWrite
+                    | Scope::AlertsWrite,
+                ) => RouteClass::Write,
+                _ => RouteClass::Read,
+            },
+        }
+    }
 }
 
 struct Hit {
@@ -375,6 +414,7 @@ pub fn match_kind<'a>(
         scope: h.scope,
         label_policies,
         upstream_path,
+        class: RouteClass::of(h.name, h.scope),
     })
 }
 

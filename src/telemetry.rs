@@ -6,7 +6,7 @@ use prometheus::{
 };
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -101,7 +101,20 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
+    /// `obsgate_limit_hits_total{limit}`, resolved once.
+    pub limits: Arc<LimitCounters>,
+    pub connections: IntGauge,
     handles: OnceLock<Handles>,
+}
+
+/// One counter per limit of `obsgate_limit_hits_total`.
+pub struct LimitCounters {
+    pub header_timeout: IntCounter,
+    pub header_too_large: IntCounter,
+    pub idle_timeout: IntCounter,
+    pub body_too_large: IntCounter,
+    pub body_timeout: IntCounter,
+    pub max_connections: IntCounter,
 }
 
 impl Metrics {
@@ -187,6 +200,28 @@ impl Metrics {
             inflight: reg!(IntGauge::new(
                 "obsgate_inflight_requests",
                 "Requests being handled now."
+            )),
+            limits: {
+                let v = reg!(IntCounterVec::new(
+                    Opts::new(
+                        "obsgate_limit_hits_total",
+                        "Requests or connections stopped by a limit (header_timeout, header_too_large, idle_timeout, body_too_large, body_timeout, max_connections)."
+                    ),
+                    &["limit"]
+                ));
+                let c = |l: &str| v.with_label_values(&[l]);
+                Arc::new(LimitCounters {
+                    header_timeout: c("header_timeout"),
+                    header_too_large: c("header_too_large"),
+                    idle_timeout: c("idle_timeout"),
+                    body_too_large: c("body_too_large"),
+                    body_timeout: c("body_timeout"),
+                    max_connections: c("max_connections"),
+                })
+            },
+            connections: reg!(IntGauge::new(
+                "obsgate_open_connections",
+                "Client connections open now, on every listener."
             )),
             registry,
             handles: OnceLock::new(),

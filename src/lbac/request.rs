@@ -7,8 +7,9 @@ use crate::selector::Matcher;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-/// Largest form body read to find a query in it.
-pub const MAX_FORM_BODY: usize = 1 << 20;
+/// Largest form body ever read to find a query in it: a backstop behind the gateway's
+/// `limits.max_read_body_bytes` (at most this), which is enforced before the body gets here.
+pub const MAX_FORM_BODY: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {

@@ -3,7 +3,9 @@
 //! route → credentials → token shape → store (cached) → `policy::decide` → label-policy
 //! headers → header hygiene → forward (streaming, upgrades, trailers) → metrics and audit.
 
+pub mod body;
 pub mod client;
+pub mod guard;
 pub mod headers;
 pub mod server;
 pub mod tls;
@@ -11,7 +13,7 @@ pub mod tls;
 use crate::auth;
 use crate::config::{BackendSlot, Config, LbacMode};
 use crate::policy::{self, RequestFacts};
-use crate::route::{self, RouteMatch};
+use crate::route::{self, RouteClass, RouteMatch};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::token::{self, TokenHash};
@@ -107,6 +109,8 @@ pub enum Failure {
     GatewayTimeout(String),
     /// Too many failed authentications from this client: retry after this many seconds.
     Throttled(u64),
+    PayloadTooLarge(String),
+    RequestTimeout(String),
 }
 
 impl Failure {
@@ -119,6 +123,8 @@ impl Failure {
             Failure::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Failure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Failure::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            Failure::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -131,6 +137,8 @@ impl Failure {
             Failure::BadGateway(_) => "unavailable",
             Failure::GatewayTimeout(_) => "timeout",
             Failure::Throttled(_) => "too_many_requests",
+            Failure::PayloadTooLarge(_) => "too_large",
+            Failure::RequestTimeout(_) => "timeout",
         }
     }
 
@@ -139,7 +147,9 @@ impl Failure {
             Failure::NotFound(m)
             | Failure::BadRequest(m)
             | Failure::BadGateway(m)
-            | Failure::GatewayTimeout(m) => m,
+            | Failure::GatewayTimeout(m)
+            | Failure::PayloadTooLarge(m)
+            | Failure::RequestTimeout(m) => m,
             Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
             Failure::Throttled(_) => THROTTLED_MESSAGE,
         }
@@ -549,18 +559,55 @@ async fn forward(
     let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
 
     let (mut parts, body) = req.into_parts();
+    // the body's limits: refused at once when its declared length is over, cut off when it
+    // goes over or stalls while streaming (then answered 413 / 408, not as a backend failure)
+    let limits = &gw.config.limits;
+    let (max_body, timeout) = match route.class {
+        RouteClass::Read => (limits.max_read_body_bytes, b.timeout),
+        RouteClass::Write => (b.max_write_body_bytes, b.write_timeout),
+        RouteClass::Export => (b.max_write_body_bytes, b.export_timeout),
+    };
+    if let Some(len) = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max_body
+    {
+        gw.metrics.limits.body_too_large.inc();
+        return Err(Failure::PayloadTooLarge(format!(
+            "request body of {len} bytes is over this route's limit of {max_body} bytes"
+        )));
+    }
+    let cut = Arc::new(body::CutFlag::default());
+    let body = body::LimitedBody::new(body, max_body, limits.body_read_timeout, cut.clone());
+    let cut_failure = |c: body::Cut| match c {
+        body::Cut::TooLarge => {
+            gw.metrics.limits.body_too_large.inc();
+            Failure::PayloadTooLarge(format!(
+                "request body is over this route's limit of {max_body} bytes"
+            ))
+        }
+        body::Cut::TimedOut => {
+            gw.metrics.limits.body_timeout.inc();
+            Failure::RequestTimeout(format!(
+                "request body stalled for more than {:?}",
+                limits.body_read_timeout
+            ))
+        }
+    };
     let mut label_values = Vec::new();
     let (query, body): (Option<String>, Body) = match enforcement {
-        Enforcement::None => (parts.uri.query().map(str::to_string), incoming(body)),
+        Enforcement::None => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
         Enforcement::Headers(v) => {
             label_values = v;
-            (parts.uri.query().map(str::to_string), incoming(body))
+            (parts.uri.query().map(str::to_string), body.boxed_unsync())
         }
         Enforcement::Rewrite(policy) => {
             use crate::lbac::request::{Rewriter, Treatment, apply, treatment};
             let (lang, t) = treatment(b.kind, route.name);
             if t == Treatment::Pass {
-                (parts.uri.query().map(str::to_string), incoming(body))
+                (parts.uri.query().map(str::to_string), body.boxed_unsync())
             } else {
                 let qs = parts.uri.query().map(str::to_string);
                 let rw = Rewriter {
@@ -571,7 +618,10 @@ async fn forward(
                 };
                 let (q, new_body) = apply(&mut parts.headers, qs.as_deref(), body, &rw, route.name)
                     .await
-                    .map_err(lbac_failure)?;
+                    .map_err(|e| match cut.get() {
+                        Some(c) => cut_failure(c),
+                        None => lbac_failure(e),
+                    })?;
                 (q, full(new_body.unwrap_or_default()))
             }
         }
@@ -609,7 +659,7 @@ async fn forward(
 
     let client = if grpc { &up.http2 } else { &up.http1 };
     let t0 = Instant::now();
-    let result = tokio::time::timeout(b.timeout, client.request(out)).await;
+    let result = tokio::time::timeout(timeout, client.request(out)).await;
     if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
         h.observe(t0.elapsed().as_secs_f64());
     }
@@ -619,13 +669,19 @@ async fn forward(
                 .upstream_errors
                 .with_label_values(&[backend, "timeout"])
                 .inc();
-            tracing::warn!(backend, route = route.name, timeout = ?b.timeout, "upstream timed out");
+            if let Some(c) = cut.get() {
+                return Err(cut_failure(c));
+            }
+            tracing::warn!(backend, route = route.name, ?timeout, "upstream timed out");
             return Err(Failure::GatewayTimeout(format!(
-                "backend {backend} did not answer within {:?}",
-                b.timeout
+                "backend {backend} did not answer within {timeout:?}"
             )));
         }
         Ok(Err(e)) => {
+            // the client's body, not the backend, ended the request
+            if let Some(c) = cut.get() {
+                return Err(cut_failure(c));
+            }
             let timed_out = headers::is_timeout(&e);
             let kind = if timed_out {
                 "timeout"

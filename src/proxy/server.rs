@@ -2,7 +2,7 @@
 //! ALPN over TLS) on one port, upgrades enabled, graceful shutdown that lets in-flight
 //! requests finish.
 
-use super::{Gateway, handle};
+use super::{Gateway, guard, handle};
 use crate::config::{BackendSlot, Config};
 use crate::store::{Store, watch};
 use crate::telemetry::Metrics;
@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
@@ -118,6 +118,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             binds.push((Some(b.slot), l));
         }
     }
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, rx) = tokio_watch::channel(false);
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -142,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tls.clone(),
             rx.clone(),
             config.server.shutdown_grace,
+            open.clone(),
         )));
     }
     tasks.push(tokio::spawn(watch::run(
@@ -169,16 +171,25 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio_watch::Receiver<bool>,
     grace: Duration,
+    open: Arc<AtomicUsize>,
 ) {
+    let limits = gw.config.limits.clone();
+    let timeouts = guard::Timeouts {
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // the header-read timeout is ours (guard.rs), which answers 408 before closing
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192) as usize)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.min(u64::from(u32::MAX)) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
@@ -195,21 +206,52 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        // over the connection limit: a plain-HTTP client is told 503, a TLS one is closed
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
+            gw.metrics.limits.max_connections.inc();
+            if tls.is_none() {
+                tokio::spawn(refuse_connection(stream));
+            }
+            continue;
+        }
+        let slot_guard = OpenConnection {
+            open: open.clone(),
+            gauge: gw.metrics.connections.clone(),
+        };
+        gw.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
+        let state = guard::ConnState::new();
+        let counters = gw.metrics.limits.clone();
         let gw = gw.clone();
         let conn = Arc::new(super::Conn::new(peer));
+        let svc_state = state.clone();
         let svc = service_fn(move |req| {
             let gw = gw.clone();
             let conn = conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(gw, only, conn, req).await) }
+            let request = svc_state.request_started();
+            let state = svc_state.clone();
+            async move {
+                let resp = handle(gw, only, conn, req).await;
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    state.mark_upgraded();
+                }
+                let (parts, body) = resp.into_parts();
+                Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                    parts,
+                    guard::TrackedBody::wrap(body, request),
+                ))
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         match tls.clone() {
             None => {
                 tokio::spawn(async move {
+                    let _slot = slot_guard;
+                    let io = guard::Guarded::new(stream, state, timeouts, counters);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
@@ -218,6 +260,7 @@ async fn accept_loop(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
+                    let _slot = slot_guard;
                     let tls_stream = match tokio::time::timeout(
                         Duration::from_secs(10),
                         acceptor.accept(stream),
@@ -234,8 +277,9 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    let io = guard::Guarded::new(tls_stream, state, timeouts, counters);
                     let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");
@@ -257,5 +301,38 @@ async fn accept_loop(
             ?grace,
             "shutdown grace period over; closing remaining connections"
         );
+    }
+}
+
+/// One open client connection, counted against `limits.max_connections` until dropped.
+struct OpenConnection {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+const RESPONSE_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-type: application/json\r\ncontent-length: 81\r\n\r\n{\"status\":\"error\",\"errorType\":\"unavailable\",\"error\":\"too many open connections\"}\n";
+
+/// Tells a client over the connection limit why it is turned away, then closes.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(RESPONSE_503).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_503_is_well_formed() {
+        super::super::guard::assert_static_response(super::RESPONSE_503);
     }
 }
