@@ -59,7 +59,10 @@ pub struct LimitedBody {
     max: u64,
     seen: u64,
     timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Created when the body first has to wait (most bodies never do), reset when it has to
+    /// wait again after some progress.
+    timer: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
     flag: Arc<CutFlag>,
     done: bool,
 }
@@ -71,7 +74,8 @@ impl LimitedBody {
             max,
             seen: 0,
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            timer: None,
+            progressed: false,
             flag,
             done: false,
         }
@@ -108,8 +112,7 @@ impl HttpBody for LimitedBody {
                         return this.fail(Cut::TooLarge);
                     }
                 }
-                let next = Instant::now() + this.timeout;
-                this.timer.as_mut().reset(next);
+                this.progressed = true;
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -121,7 +124,14 @@ impl HttpBody for LimitedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let timeout = this.timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if std::mem::take(&mut this.progressed) {
+                    timer.as_mut().reset(Instant::now() + timeout);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
                     return this.fail(Cut::TimedOut);
                 }
                 Poll::Pending

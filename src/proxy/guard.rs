@@ -4,6 +4,8 @@
 //! - **Header read timeout** (slowloris): an HTTP/1 request head must arrive completely within
 //!   `header_read_timeout` of its first byte (of the connection's start, for the first request).
 //!   Past it the client gets `408 Request Timeout` and the connection is closed.
+//!   Deadlines are checked every quarter of the shorter timeout, so one is noticed at most
+//!   that much late; no timer is touched per request.
 //! - **Idle timeout**: a connection with no request in flight for `idle_timeout` is closed
 //!   (HTTP/1 keep-alive and HTTP/2 alike; an upgraded connection, e.g. a Loki tail WebSocket,
 //!   is exempt).
@@ -16,9 +18,9 @@ use crate::telemetry::LimitCounters;
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -33,8 +35,6 @@ pub struct ConnState {
     idle_since_ms: AtomicU64,
     /// An upgraded connection (WebSocket) is no longer HTTP: no timeouts apply.
     upgraded: AtomicBool,
-    /// The connection task, to wake when the last request ends so the idle timer is armed.
-    waker: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
@@ -45,7 +45,6 @@ impl ConnState {
             started: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
-            waker: Mutex::new(None),
         })
     }
 
@@ -63,12 +62,7 @@ impl ConnState {
     fn end_request(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.idle_since_ms.store(ms, Ordering::Release);
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let w = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(w) = w {
-                w.wake();
-            }
-        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -142,8 +136,10 @@ pub struct Guarded<S> {
     proto: Proto,
     /// An HTTP/1 head being read: since when, and `started` at that moment.
     head: Option<(Instant, u64)>,
+    /// Fires every `period`: the deadlines are checked then, so that no timer is touched per
+    /// request (a deadline is noticed at most one period late).
     timer: Pin<Box<Sleep>>,
-    armed: Option<Instant>,
+    period: Duration,
 }
 
 impl<S> Guarded<S> {
@@ -154,6 +150,7 @@ impl<S> Guarded<S> {
         counters: Arc<LimitCounters>,
     ) -> Guarded<S> {
         let now = Instant::now();
+        let period = (timeouts.header_read.min(timeouts.idle) / 4).max(Duration::from_millis(50));
         Guarded {
             inner,
             state,
@@ -162,8 +159,8 @@ impl<S> Guarded<S> {
             proto: Proto::Unknown,
             // the first request's head is timed from the connection's start
             head: Some((now, 0)),
-            timer: Box::pin(tokio::time::sleep_until(now + timeouts.header_read)),
-            armed: Some(now + timeouts.header_read),
+            timer: Box::pin(tokio::time::sleep_until(now + period)),
+            period,
         }
     }
 }
@@ -209,6 +206,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             return Poll::Pending;
         }
         loop {
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            this.timer.as_mut().reset(now + this.period);
             let started = this.state.started.load(Ordering::Acquire);
             if let Some((_, g)) = this.head
                 && g != started
@@ -219,48 +221,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             if this.proto == Proto::Http2 {
                 this.head = None;
             }
-            let (deadline, what) = if this.state.in_flight.load(Ordering::Acquire) > 0 {
-                // woken when the last request ends, to arm the idle timer then
-                *this.state.waker.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(cx.waker().clone());
-                // a request that ended between the load and the registration
-                if this.state.in_flight.load(Ordering::Acquire) > 0 {
-                    return Poll::Pending;
-                }
+            if this.state.in_flight.load(Ordering::Acquire) > 0 {
                 continue;
-            } else if let Some((t, _)) = this.head {
-                (t + this.timeouts.header_read, Expired::Head)
+            }
+            let expired = if let Some((t, _)) = this.head {
+                (now >= t + this.timeouts.header_read).then_some(Expired::Head)
             } else {
                 let since = Duration::from_millis(this.state.idle_since_ms.load(Ordering::Acquire));
-                (this.state.epoch + since + this.timeouts.idle, Expired::Idle)
+                (now >= this.state.epoch + since + this.timeouts.idle).then_some(Expired::Idle)
             };
-            if Instant::now() >= deadline {
-                return match what {
-                    Expired::Head => {
-                        this.counters.header_timeout.inc();
-                        // best effort: the 408 fits in the socket buffer
-                        let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
-                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "request head not received in time",
-                        )))
-                    }
-                    Expired::Idle => {
-                        this.counters.idle_timeout.inc();
-                        // end of stream: hyper closes the connection cleanly
-                        Poll::Ready(Ok(()))
-                    }
-                };
+            match expired {
+                None => continue,
+                Some(Expired::Head) => {
+                    this.counters.header_timeout.inc();
+                    // best effort: the 408 fits in the socket buffer
+                    let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    )));
+                }
+                Some(Expired::Idle) => {
+                    this.counters.idle_timeout.inc();
+                    // end of stream: hyper closes the connection cleanly
+                    return Poll::Ready(Ok(()));
+                }
             }
-            if this.armed != Some(deadline) {
-                this.timer.as_mut().reset(deadline);
-                this.armed = Some(deadline);
-            }
-            if this.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            // the timer fired: evaluate again (the deadline may have moved)
         }
     }
 }
