@@ -606,21 +606,7 @@ async fn save_token(
     region: &str,
     body: Value,
 ) -> ApiResult {
-    let expires = |body: &Value| -> Result<Option<Option<String>>, ApiError> {
-        match body.get("expiresAt") {
-            None => Ok(None),
-            Some(Value::Null) => Ok(Some(None)),
-            Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-                .map(|d| {
-                    Some(Some(
-                        d.with_timezone(&chrono::Utc)
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    ))
-                })
-                .map_err(|_| ApiError::bad("expiresAt must be an ISO 8601 UTC time")),
-            Some(_) => Err(ApiError::bad("expiresAt must be a string")),
-        }
-    };
+    let expires = expires_at_of;
     let mut st = admin.state.lock().await;
     let mut next = st.data.clone();
     let now = now_rfc3339();
@@ -724,4 +710,38 @@ async fn delete(
     let mut r = Response::new(crate::proxy::full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
+}
+
+/// `expiresAt`: absent (`None`), `null` (never), or an RFC 3339 time up to year 9999.
+fn expires_at_of(body: &Value) -> Result<Option<Option<String>>, ApiError> {
+    match body.get("expiresAt") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => super::utc_time(s, chrono::SecondsFormat::Millis)
+            .map(|t| Some(Some(t)))
+            .ok_or_else(|| ApiError::bad("expiresAt must be an ISO 8601 UTC time up to year 9999")),
+        Some(_) => Err(ApiError::bad("expiresAt must be a string")),
+    }
+}
+
+/// The Cloud dialect's body validators, for [`super::fuzz_bodies`].
+pub(super) fn fuzz_bodies(v: &Value) {
+    if let Ok(realms) = realms_from(v) {
+        for r in &realms {
+            for lp in &r.label_policies {
+                assert!(crate::selector::parse_selector(lp).is_ok(), "{lp:?}");
+            }
+        }
+    }
+    let _ = scopes_from(v);
+    if let Ok(Some(subnets)) = subnets_from(v) {
+        for s in &subnets {
+            assert!(crate::config::Cidr::parse(s).is_ok(), "{s:?}");
+        }
+    }
+    let _ = display_name(v);
+    let _ = str_field(v, "name").map(|n| n.map(|n| valid_cloud_name(&n)));
+    if let Ok(Some(Some(e))) = expires_at_of(v) {
+        assert!(super::unix_of(&e).is_some(), "{e:?}");
+    }
 }

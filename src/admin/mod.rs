@@ -338,6 +338,16 @@ fn expiry(rfc3339: Option<&str>) -> Option<i64> {
     rfc3339.map(|e| unix_of(e).unwrap_or(i64::MIN))
 }
 
+/// An RFC 3339 time as stored: in UTC, to `precision`. `None` if it does not parse or if in UTC
+/// it falls past year 9999 (RFC 3339 could not write it, and it would not parse again).
+fn utc_time(text: &str, precision: chrono::SecondsFormat) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .ok()?
+        .with_timezone(&chrono::Utc)
+        .to_rfc3339_opts(precision, true);
+    unix_of(&t).map(|_| t)
+}
+
 fn unix_of(rfc3339: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(rfc3339)
         .ok()
@@ -1001,15 +1011,12 @@ fn expiration_of(body: &Value) -> Result<Option<String>, ApiError> {
         None => Ok(None),
         Some(e) if e == NO_EXPIRATION => Ok(None),
         Some(e) => {
-            let d = chrono::DateTime::parse_from_rfc3339(&e).map_err(|_| {
+            let t = utc_time(&e, chrono::SecondsFormat::Secs).ok_or_else(|| {
                 ApiError::bad(format!(
-                    "expiration {e:?}: expected RFC 3339 such as 2027-01-01T00:00:00Z"
+                    "expiration {e:?}: expected RFC 3339 such as 2027-01-01T00:00:00Z, up to year 9999"
                 ))
             })?;
-            Ok(Some(
-                d.with_timezone(&chrono::Utc)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ))
+            Ok(Some(t))
         }
     }
 }
@@ -1322,6 +1329,48 @@ async fn delete(
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
+}
+
+/// Runs every admin body validator over one JSON body, for the fuzzer (`fuzz/`): none may
+/// panic, and what they accept must be usable: stored label policies parse again, stored
+/// expirations parse, subnets are CIDRs. `snap` provides the tenants and clusters realms name.
+#[doc(hidden)]
+pub fn fuzz_bodies(snap: &Snapshot, bytes: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return;
+    };
+    let _ = status_of(&v);
+    let _ = cluster_of(snap, &v);
+    let _ = opt_str(&v, "display_name");
+    for d in [Dialect::V3, Dialect::V1] {
+        if let Ok(realms) = realms_of(snap, &v, d) {
+            for r in &realms {
+                for lp in &r.label_policies {
+                    assert!(
+                        crate::selector::parse_selector(lp).is_ok(),
+                        "stored label policy does not parse again: {lp:?}"
+                    );
+                }
+                let lps: Vec<_> = r
+                    .label_policies
+                    .iter()
+                    .map(|t| stored_selector(t))
+                    .collect();
+                let _ = realm_view(d, &r.tenant, &r.cluster, &lps);
+            }
+        }
+    }
+    if let Ok(scopes) = scopes_of(&v) {
+        assert!(scopes.iter().all(|s| Scope::parse(s).is_some()));
+    }
+    if let Ok(Some(e)) = expiration_of(&v) {
+        assert!(
+            unix_of(&e).is_some(),
+            "stored expiration does not parse: {e:?}"
+        );
+    }
+    cloud::fuzz_bodies(&v);
+    sa::fuzz_bodies(&v);
 }
 
 #[cfg(test)]

@@ -338,16 +338,10 @@ async fn patch(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -
     ))
 }
 
-/// The longest `secondsToLive` accepted: 100 years.
-const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
-
-async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
-    let name = super::opt_str(&body, "name")?
-        .filter(|n| !n.trim().is_empty() && n.len() <= 190)
-        .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
-    // Grafana's secondsToLive; 0 or absent = never expires
-    let ttl = match body.get("secondsToLive") {
-        None | Some(Value::Null) => 0,
+/// Grafana's `secondsToLive`; 0 or absent = never expires.
+fn seconds_to_live(body: &Value) -> Result<i64, ApiError> {
+    match body.get("secondsToLive") {
+        None | Some(Value::Null) => Ok(0),
         Some(v) => v
             .as_i64()
             .filter(|n| (0..=MAX_SECONDS_TO_LIVE).contains(n))
@@ -355,8 +349,27 @@ async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: V
                 ApiError::bad(format!(
                     "secondsToLive must be an integer from 0 to {MAX_SECONDS_TO_LIVE} (100 years)"
                 ))
-            })?,
-    };
+            }),
+    }
+}
+
+/// When a token made `now` with `ttl` seconds to live expires (`None`: never). In range: `ttl`
+/// is at most 100 years.
+fn expiration_after(now: chrono::DateTime<chrono::Utc>, ttl: i64) -> Option<String> {
+    (ttl > 0)
+        .then(|| chrono::TimeDelta::try_seconds(ttl).and_then(|d| now.checked_add_signed(d)))
+        .flatten()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The longest `secondsToLive` accepted: 100 years.
+const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
+
+async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
+    let name = super::opt_str(&body, "name")?
+        .filter(|n| !n.trim().is_empty() && n.len() <= 190)
+        .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
+    let ttl = seconds_to_live(&body)?;
     let mut st = admin.state.lock().await;
     if !st.data.service_accounts.contains_key(&id) {
         return Err(not_found(id));
@@ -389,13 +402,7 @@ async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: V
             name: name.clone(),
             hash: TokenHash::of(&key).stored(),
             created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            // in range: ttl is at most 100 years
-            expiration: (ttl > 0)
-                .then(|| {
-                    chrono::TimeDelta::try_seconds(ttl).and_then(|d| now.checked_add_signed(d))
-                })
-                .flatten()
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            expiration: expiration_after(now, ttl),
         },
     );
     commit(gw, admin, &mut st, next).await?;
@@ -445,4 +452,13 @@ async fn delete_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, tid: u6
 /// Grafana writes service-account times to the second (`2022-03-21T14:35:33Z`).
 fn now_secs() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The service-account body validators, for [`super::fuzz_bodies`].
+pub(super) fn fuzz_bodies(v: &Value) {
+    let _ = role_of(v);
+    let _ = bool_of(v, "isDisabled");
+    if let Ok(ttl) = seconds_to_live(v) {
+        let _ = expiration_after(chrono::Utc::now(), ttl);
+    }
 }
