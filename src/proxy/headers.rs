@@ -38,6 +38,24 @@ fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// A WebSocket-style upgrade: `Connection: upgrade` with an `Upgrade` header.
+/// HTTP/1 request framing that two parsers could read two ways (request smuggling): a
+/// `Transfer-Encoding` together with a `Content-Length`, or any `Transfer-Encoding` other than
+/// one `chunked`. hyper refuses most such requests itself (400); these it would accept.
+pub fn framing_is_ambiguous(version: http::Version, h: &HeaderMap) -> bool {
+    if version >= http::Version::HTTP_2 {
+        return false;
+    }
+    let mut te = h.get_all(http::header::TRANSFER_ENCODING).iter();
+    let Some(first) = te.next() else {
+        return false;
+    };
+    te.next().is_some()
+        || h.contains_key(http::header::CONTENT_LENGTH)
+        || !first
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+}
+
 pub fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && connection_tokens(h).contains(&header::UPGRADE)
 }

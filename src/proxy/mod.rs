@@ -253,6 +253,16 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let peer = conn.peer;
+    if headers::framing_is_ambiguous(req.version(), req.headers()) {
+        let mut r = error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "ambiguous request framing: Transfer-Encoding must be one \"chunked\", without Content-Length",
+        );
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     if let Some(r) = own_endpoint(&gw, &req) {
         return r;
     }
