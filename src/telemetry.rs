@@ -104,6 +104,7 @@ pub struct Metrics {
     /// `obsgate_limit_hits_total{limit}`, resolved once.
     pub limits: Arc<LimitCounters>,
     pub connections: IntGauge,
+    pub tls_reloads: IntCounterVec,
     handles: OnceLock<Handles>,
 }
 
@@ -219,6 +220,13 @@ impl Metrics {
                     max_connections: c("max_connections"),
                 })
             },
+            tls_reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_tls_reloads_total",
+                    "Reloads of the gateway's TLS certificate, key and client CA, by result."
+                ),
+                &["result"]
+            )),
             connections: reg!(IntGauge::new(
                 "obsgate_open_connections",
                 "Client connections open now, on every listener."

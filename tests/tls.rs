@@ -303,3 +303,88 @@ async fn https_backend_is_verified_with_ca_file() {
     gw.shutdown().await;
     upstream.abort();
 }
+
+/// A connector that trusts only `ca_pem`.
+fn trusting(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let p = Pki {
+        ca_pem: ca_pem.to_string(),
+        server_cert: String::new(),
+        server_key: String::new(),
+        client_cert: String::new(),
+        client_key: String::new(),
+    };
+    connector(&p, &[b"http/1.1"], false)
+}
+
+#[tokio::test]
+async fn certificate_hot_reload_keeps_open_connections_and_survives_bad_files() {
+    let up = Upstream::start().await;
+    let old = pki();
+    let s = tls_setup(&old, &up.url(), "", false);
+    let g = s.start().await;
+    let addr = g.shared_addr();
+    let auth = basic("team-a", &tok("rw"));
+
+    // a keep-alive connection made with the old certificate
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = trusting(&old.ca_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut open, c) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let req = || {
+        Request::get("/prometheus/api/v1/query?query=up")
+            .header("host", "localhost")
+            .header("authorization", &auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(open.send_request(req()).await.unwrap().status(), 200);
+
+    // a new certificate from another CA, written over the files
+    let new = pki();
+    std::fs::write(s.path("gw.pem"), &new.server_cert).unwrap();
+    std::fs::write(s.path("gw-key.pem"), &new.server_key).unwrap();
+    let switched = eventually(std::time::Duration::from_secs(3), || async {
+        tls_request(addr, trusting(&new.ca_pem), &auth)
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        switched.is_some(),
+        "new handshakes present the new certificate"
+    );
+    let r = tls_request(addr, trusting(&old.ca_pem), &auth).await;
+    assert!(r.is_err(), "the old certificate is no longer offered");
+    // the connection made before the reload still works
+    assert_eq!(open.send_request(req()).await.unwrap().status(), 200);
+
+    // garbage: refused, counted, and the last good certificate stays
+    std::fs::write(s.path("gw.pem"), "not a certificate").unwrap();
+    // (/metrics is behind TLS here: the counter is read from the registry)
+    let counted = eventually(std::time::Duration::from_secs(3), || async {
+        g.gateway
+            .metrics
+            .tls_reloads
+            .with_label_values(&["failure"])
+            .get()
+            >= 1
+    })
+    .await;
+    assert!(counted.is_some(), "the failed reload is counted");
+    let r = tls_request(addr, trusting(&new.ca_pem), &auth).await;
+    assert_eq!(r.map(|x| x.1), Ok(StatusCode::OK));
+    assert!(
+        g.gateway
+            .metrics
+            .tls_reloads
+            .with_label_values(&["success"])
+            .get()
+            >= 1
+    );
+    g.shutdown().await;
+}

@@ -106,9 +106,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let gateway = Arc::new(gateway);
 
     let tls = match &config.server.tls {
-        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-            super::tls::server_config(t).map_err(StartError::Setup)?,
-        )),
+        Some(t) => Some(super::tls::TlsReloader::new(t).map_err(StartError::Setup)?),
         None => None,
     };
 
@@ -146,6 +144,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             open.clone(),
         )));
     }
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(t.clone().watch(
+            metrics.clone(),
+            config.store.poll_interval,
+            rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(watch::run(
         store.clone(),
         paths,
@@ -168,7 +173,7 @@ async fn accept_loop(
     listener: TcpListener,
     only: Option<BackendSlot>,
     gw: Arc<Gateway>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<super::tls::TlsReloader>>,
     mut shutdown: tokio_watch::Receiver<bool>,
     grace: Duration,
     open: Arc<AtomicUsize>,
@@ -245,7 +250,7 @@ async fn accept_loop(
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        match tls.clone() {
+        match tls.as_ref().map(|t| t.acceptor()) {
             None => {
                 tokio::spawn(async move {
                     let _slot = slot_guard;

@@ -78,3 +78,84 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// The gateway's TLS configuration, reloaded when its files change: the certificate chain, the
+/// key and the client CA are watched like the policy files (and reloaded on SIGHUP). Each new
+/// handshake takes the configuration in force; established connections keep theirs, so a
+/// reload drops nothing. A set of files that does not load (a key written before its
+/// certificate, garbage) is logged and counted, and the last good configuration stays.
+pub struct TlsReloader {
+    cfg: crate::config::TlsConfig,
+    current: arc_swap::ArcSwap<rustls::ServerConfig>,
+}
+
+impl TlsReloader {
+    pub fn new(cfg: &crate::config::TlsConfig) -> Result<Arc<TlsReloader>, String> {
+        Ok(Arc::new(TlsReloader {
+            cfg: cfg.clone(),
+            current: arc_swap::ArcSwap::new(server_config(cfg)?),
+        }))
+    }
+
+    /// An acceptor with the configuration in force now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut f = vec![self.cfg.cert_file.clone(), self.cfg.key_file.clone()];
+        f.extend(self.cfg.client_ca_file.clone());
+        f
+    }
+
+    fn reload(&self, metrics: &crate::telemetry::Metrics) {
+        match server_config(&self.cfg) {
+            Ok(c) => {
+                self.current.store(c);
+                metrics.tls_reloads.with_label_values(&["success"]).inc();
+                tracing::info!(cert = %self.cfg.cert_file.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                metrics.tls_reloads.with_label_values(&["failure"]).inc();
+                tracing::warn!("TLS reload failed, the previous certificate stays in force: {e}");
+            }
+        }
+    }
+
+    /// Watches the files every `interval` (and on SIGHUP) until shutdown.
+    pub async fn watch(
+        self: Arc<Self>,
+        metrics: Arc<crate::telemetry::Metrics>,
+        interval: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use crate::store::watch::stamps;
+        let files = self.files();
+        let mut last = {
+            let f = files.clone();
+            tokio::task::spawn_blocking(move || stamps(&f))
+                .await
+                .unwrap_or_default()
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                _ = shutdown.changed() => return,
+            };
+            let f = files.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || stamps(&f)).await else {
+                continue;
+            };
+            if !forced && now == last {
+                continue;
+            }
+            last = now;
+            let (me, m) = (self.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || me.reload(&m)).await;
+        }
+    }
+}
