@@ -6,6 +6,9 @@ def errs(*codes):
     # every authenticated operation may also answer 429 (failed-authentication throttling)
     if 401 in codes:
         codes = codes + (429,)
+    # a change that cannot be saved (storage full, read-only) is refused whole
+    if 400 in codes or 409 in codes or 412 in codes or 428 in codes:
+        codes = codes + (503,)
     return {str(c): E for c in codes}
 def ok(schema, code="200", etag=False):
     r = {"description": "OK", "content": {"application/json": {"schema": schema}}}

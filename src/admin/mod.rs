@@ -414,6 +414,7 @@ impl ApiError {
             409 => "conflict",
             412 => "precondition_failed",
             428 => "precondition_required",
+            503 => "unavailable",
             _ => "internal",
         };
         error_response(self.0, kind, &self.1)
@@ -1041,9 +1042,11 @@ async fn commit(
         })?;
     let version = saved.map_err(|e| {
         tracing::error!("admin state not saved: {e}");
+        // the disk (full, read-only, gone): the change was refused whole; the data plane
+        // carries on with the set in force
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the change could not be saved; nothing was changed",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the change could not be saved (storage unavailable); nothing was changed",
         )
     })?;
     gw.store.set_overlay(next.overlay(&admin.cluster));
