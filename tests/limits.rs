@@ -76,6 +76,41 @@ async fn a_slow_request_head_gets_408_and_the_connection_closes() {
 }
 
 #[tokio::test]
+async fn a_slow_head_on_a_kept_alive_connection_gets_408_too() {
+    let up = Upstream::start().await;
+    // the idle timeout is long: only the header-read timeout can end this connection soon
+    let s = setup(
+        &up,
+        "",
+        "limits:\n  header_read_timeout: 1s\n  idle_timeout: 60s\n",
+    );
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    let req = format!(
+        "GET /prometheus/api/v1/query?query=up HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\r\n",
+        auth()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // at once, a second head that never completes
+    c.write_all(b"GET /prometheus/api/v1/query HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let got = read_all(&mut c, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "timed from the head's first byte: {waited:?}"
+    );
+    g.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_but_a_busy_one_is_not() {
     let up = Upstream::start().await;
     let s = setup(

@@ -190,11 +190,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                         };
                     }
                     if this.proto != Proto::Http2
-                        && this.head.is_none()
                         && this.state.in_flight.load(Ordering::Acquire) == 0
                     {
-                        this.head =
-                            Some((Instant::now(), this.state.started.load(Ordering::Acquire)));
+                        // the first bytes of a head: timed from now, unless this head is
+                        // already being timed (a head noted before the last request began is
+                        // stale: that request's head was complete)
+                        let started = this.state.started.load(Ordering::Acquire);
+                        if !matches!(this.head, Some((_, g)) if g == started) {
+                            this.head = Some((Instant::now(), started));
+                        }
                     }
                 }
                 return Poll::Ready(Ok(()));
