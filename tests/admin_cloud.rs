@@ -43,18 +43,6 @@ tokens:
     )
 }
 
-async fn call(gw: SocketAddr, who: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{gw}{path}"))
-        .header("authorization", format!("Bearer {}", tok(who)))
-        .body(Full::new(Bytes::from(
-            body.map(|v| v.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    send(&client(), req).await
-}
-
 async fn start(s: &Setup) -> (obsgate::proxy::server::Running, SocketAddr) {
     let g = s.start().await;
     let a = g.shared_addr();

@@ -3,12 +3,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::Full;
-use serde_json::{Value, json};
-use std::net::SocketAddr;
+use serde_json::json;
 
 fn sa_policies() -> String {
     format!(
@@ -30,18 +26,6 @@ tokens:
         hash(&tok("admin")),
         hash(&tok("reader")),
     )
-}
-
-async fn call(gw: SocketAddr, who: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("http://{gw}{path}"))
-        .header("authorization", format!("Bearer {}", tok(who)))
-        .body(Full::new(Bytes::from(
-            body.map(|v| v.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    send(&client(), req).await
 }
 
 #[tokio::test]

@@ -606,7 +606,6 @@ async fn save_token(
     region: &str,
     body: Value,
 ) -> ApiResult {
-    let expires = expires_at_of;
     let mut st = admin.state.lock().await;
     let mut next = st.data.clone();
     let now = now_rfc3339();
@@ -642,7 +641,7 @@ async fn save_token(
                 display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
                 name,
                 access_policy_id: ap,
-                expires_at: expires(&body)?.flatten(),
+                expires_at: expires_at_of(&body)?.flatten(),
                 hash: TokenHash::of(&minted).stored(),
                 created_at: now.clone(),
                 updated_at: now,
@@ -654,7 +653,7 @@ async fn save_token(
         }
         Some(id) => {
             token_in(&st.data, &id, region)?;
-            let exp = expires(&body)?;
+            let exp = expires_at_of(&body)?;
             let dn = display_name(&body)?;
             let t = next.cloud_tokens.get_mut(&id).expect("checked above");
             if let Some(e) = exp {

@@ -1175,21 +1175,16 @@ async fn create(
     Ok(json_response(StatusCode::OK, &view, Some(1)))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn update(
+/// The version of an API-created object that a PUT or DELETE may change: 409 if a policy file
+/// defines it, 404 if there is none, 412 if `If-Match` names another version.
+fn writable_version(
     gw: &Gateway,
-    admin: &Admin,
-    actor: &str,
+    data: &ApiState,
     kind: Kind,
     name: &str,
     if_match: Option<u64>,
-    body: Value,
-    d: Dialect,
-) -> ApiResult {
-    let mut state = admin.state.lock().await;
-    let snap = gw.store.snapshot();
-    let files = gw.store.file_set();
-    if file_defined(&files, kind, name) {
+) -> Result<u64, ApiError> {
+    if file_defined(&gw.store.file_set(), kind, name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -1199,9 +1194,9 @@ async fn update(
         ));
     }
     let current = match kind {
-        Kind::Tenants => state.data.tenants.get(name).map(|t| t.version),
-        Kind::Policies => state.data.access_policies.get(name).map(|p| p.version),
-        Kind::Tokens => state.data.tokens.get(name).map(|t| t.version),
+        Kind::Tenants => data.tenants.get(name).map(|t| t.version),
+        Kind::Policies => data.access_policies.get(name).map(|p| p.version),
+        Kind::Tokens => data.tokens.get(name).map(|t| t.version),
     }
     .ok_or_else(|| {
         ApiError::new(
@@ -1220,6 +1215,23 @@ async fn update(
             ),
         ));
     }
+    Ok(current)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn update(
+    gw: &Gateway,
+    admin: &Admin,
+    actor: &str,
+    kind: Kind,
+    name: &str,
+    if_match: Option<u64>,
+    body: Value,
+    d: Dialect,
+) -> ApiResult {
+    let mut state = admin.state.lock().await;
+    let snap = gw.store.snapshot();
+    let current = writable_version(gw, &state.data, kind, name, if_match)?;
     let status = status_of(&body)?;
     let mut next = state.data.clone();
     let view = match kind {
@@ -1284,37 +1296,7 @@ async fn delete(
     if_match: Option<u64>,
 ) -> ApiResult {
     let mut state = admin.state.lock().await;
-    if file_defined(&gw.store.file_set(), kind, name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "{} {name:?} is defined in a policy file and is read-only here",
-                kind.label()
-            ),
-        ));
-    }
-    let current = match kind {
-        Kind::Tenants => state.data.tenants.get(name).map(|t| t.version),
-        Kind::Policies => state.data.access_policies.get(name).map(|p| p.version),
-        Kind::Tokens => state.data.tokens.get(name).map(|t| t.version),
-    }
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no {} {name:?}", kind.label()),
-        )
-    })?;
-    if let Some(v) = if_match
-        && v != current
-    {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            format!(
-                "version {v} is stale: the {} is at version {current}",
-                kind.label()
-            ),
-        ));
-    }
+    writable_version(gw, &state.data, kind, name, if_match)?;
     let mut next = state.data.clone();
     match kind {
         Kind::Tenants => {

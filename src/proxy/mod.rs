@@ -577,11 +577,8 @@ async fn forward(
         RouteClass::Write => (b.max_write_body_bytes, b.write_timeout),
         RouteClass::Export => (b.max_write_body_bytes, b.export_timeout),
     };
-    if let Some(len) = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    // hyper knows the declared length (HTTP/1 Content-Length or HTTP/2 content-length)
+    if let Some(len) = http_body::Body::size_hint(&body).exact()
         && len > max_body
     {
         gw.metrics.limits.body_too_large.inc();

@@ -373,3 +373,22 @@ where
     }
     None
 }
+
+/// A request as the holder of `tok(who)` (Bearer), with an optional JSON body.
+pub async fn call(
+    gw: SocketAddr,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{gw}{path}"))
+        .header("authorization", format!("Bearer {}", tok(who)))
+        .body(Full::new(Bytes::from(
+            body.map(|v| v.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    send(&client(), req).await
+}
