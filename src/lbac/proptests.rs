@@ -91,7 +91,7 @@ fn generated_promql_is_always_restricted_or_refused() {
     let mut rewritten = 0;
     for _ in 0..2000 {
         let q = promql_expr(&mut r, 3);
-        match promql::rewrite(&q, &pol) {
+        match promql::rewrite(&q, &pol, &crate::lbac::QueryLimits::default()) {
             Ok(out) => {
                 let back = promql_parser::parser::parse(&out)
                     .unwrap_or_else(|e| panic!("{q} → {out}: {e}"));
@@ -176,7 +176,8 @@ fn generated_logql_is_restricted_and_otherwise_byte_identical() {
     let mut r = Rng(0xD1B5_4A32_D192_ED03);
     for _ in 0..2000 {
         let q = logql_expr(&mut r, 2);
-        let out = logql::rewrite(&q, &pol).unwrap_or_else(|e| panic!("{q}: {e:?}"));
+        let out = logql::rewrite(&q, &pol, &crate::lbac::QueryLimits::default())
+            .unwrap_or_else(|e| panic!("{q}: {e:?}"));
         let sels = logql::stream_selectors(&out).unwrap();
         assert!(!sels.is_empty(), "{q}");
         for s in &sels {
