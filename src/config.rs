@@ -27,6 +27,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub backends: Backends,
     pub lbac: LbacMode,
+    /// `lbac.max_query_bytes` and `lbac.max_query_depth`: how much of a query rewrite mode parses.
+    pub lbac_limits: crate::lbac::QueryLimits,
     pub client_ip: ClientIpConfig,
     pub cache: CacheConfig,
     pub auth_throttle: AuthThrottleConfig,
@@ -181,9 +183,10 @@ impl Backends {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LbacMode {
+    #[default]
     Header,
     Rewrite,
 }
@@ -305,13 +308,18 @@ struct RawBackend {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLbac {
+    #[serde(default)]
     mode: LbacMode,
+    max_query_bytes: Option<u64>,
+    max_query_depth: Option<u64>,
 }
 
 impl Default for RawLbac {
     fn default() -> Self {
         RawLbac {
             mode: LbacMode::Header,
+            max_query_bytes: None,
+            max_query_depth: None,
         }
     }
 }
@@ -508,6 +516,36 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             ),
         ));
     }
+    use crate::lbac::{
+        DEFAULT_MAX_QUERY_BYTES, DEFAULT_MAX_QUERY_DEPTH, HARD_MAX_QUERY_BYTES,
+        HARD_MAX_QUERY_DEPTH, QueryLimits,
+    };
+    let max_query_bytes = raw_lbac
+        .max_query_bytes
+        .unwrap_or(DEFAULT_MAX_QUERY_BYTES as u64);
+    let max_query_depth = raw_lbac
+        .max_query_depth
+        .unwrap_or(DEFAULT_MAX_QUERY_DEPTH as u64);
+    if max_query_bytes == 0 || max_query_bytes > HARD_MAX_QUERY_BYTES as u64 {
+        errors.push(FileError::whole(
+            path,
+            format!("lbac.max_query_bytes must be from 1 to {HARD_MAX_QUERY_BYTES}"),
+        ));
+    }
+    if max_query_depth == 0 || max_query_depth > HARD_MAX_QUERY_DEPTH as u64 {
+        errors.push(FileError::whole(
+            path,
+            format!(
+                "lbac.max_query_depth must be from 1 to {HARD_MAX_QUERY_DEPTH} (deeper queries could overflow the stack)"
+            ),
+        ));
+    }
+    let lbac_limits = QueryLimits {
+        max_bytes: usize::try_from(max_query_bytes.min(HARD_MAX_QUERY_BYTES as u64))
+            .unwrap_or(HARD_MAX_QUERY_BYTES),
+        max_depth: usize::try_from(max_query_depth.min(HARD_MAX_QUERY_DEPTH as u64))
+            .unwrap_or(HARD_MAX_QUERY_DEPTH),
+    };
     // hyper reads a head into a buffer of at least 8 KiB
     if limits.max_header_bytes < 8192 || limits.max_header_bytes > (16 << 20) {
         errors.push(FileError::whole(
@@ -670,6 +708,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         },
         backends,
         lbac: raw_lbac.mode,
+        lbac_limits,
         client_ip: ClientIpConfig {
             trusted_proxies: raw_client_ip
                 .trusted_proxies
@@ -786,6 +825,31 @@ cache:
         let e = p("lbac:\n  mode: sometimes\n").unwrap_err();
         assert_eq!(e.0[0].line, 2, "{e}");
         let e = p("server:\n  listen: nowhere\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
+    }
+
+    #[test]
+    fn query_limits_default_and_bounds() {
+        let c = p("lbac:\n  mode: rewrite\n").unwrap();
+        assert_eq!(c.lbac_limits, crate::lbac::QueryLimits::default());
+        assert_eq!(c.lbac_limits.max_bytes, 131072);
+        assert_eq!(c.lbac_limits.max_depth, 512);
+        let c = p("lbac:\n  max_query_bytes: 4096\n  max_query_depth: 64\n").unwrap();
+        assert_eq!(c.lbac, LbacMode::Header);
+        assert_eq!(
+            (c.lbac_limits.max_bytes, c.lbac_limits.max_depth),
+            (4096, 64)
+        );
+        for bad in [
+            "lbac:\n  max_query_depth: 0\n",
+            "lbac:\n  max_query_depth: 1025\n",
+            "lbac:\n  max_query_bytes: 0\n",
+            "lbac:\n  max_query_bytes: 16777217\n",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.to_string().contains("lbac.max_query_"), "{bad}: {e}");
+        }
+        let e = p("lbac:\n  max_query_depth: -1\n").unwrap_err();
         assert_eq!(e.0[0].line, 2, "{e}");
     }
 

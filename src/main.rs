@@ -116,6 +116,15 @@ fn check(path: PathBuf) -> ExitCode {
                 c.tokens,
                 c.clusters
             );
+            println!(
+                "lbac: mode {}, max_query_bytes {}, max_query_depth {}",
+                match cfg.lbac {
+                    config::LbacMode::Header => "header",
+                    config::LbacMode::Rewrite => "rewrite",
+                },
+                cfg.lbac_limits.max_bytes,
+                cfg.lbac_limits.max_depth
+            );
             ExitCode::SUCCESS
         }
         Err(errs) => {
@@ -222,6 +231,11 @@ fn serve(path: PathBuf) -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
+    // Worker threads get 8 MiB stacks (tokio's default is 2 MiB): a query at the deepest
+    // lbac.max_query_depth a config may set is tested to parse, rewrite and print within half of
+    // that in a debug build. The single-threaded scheduler runs on the thread that calls
+    // block_on, which is given the same stack below (the main thread's depends on ulimit -s).
+    b.thread_stack_size(obsgate::lbac::WORKER_STACK_BYTES);
     let rt = match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -229,7 +243,23 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    // block_on runs on a thread of its own with a worker's stack (see above)
+    let main = std::thread::Builder::new()
+        .name("obsgate-main".into())
+        .stack_size(obsgate::lbac::WORKER_STACK_BYTES);
+    let joined = main.spawn(move || rt.block_on(serve_until_signalled(cfg)));
+    match joined.map(|h| h.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: cannot start the main thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_until_signalled(cfg: obsgate::config::Config) -> ExitCode {
+    {
         let running = match obsgate::proxy::server::start(cfg).await {
             Ok(r) => r,
             Err(obsgate::proxy::server::StartError::Policy(errs)) => {
@@ -258,5 +288,5 @@ fn serve(path: PathBuf) -> ExitCode {
         running.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
-    })
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod logql;
 pub mod promql;
+pub mod promql_depth;
 pub mod request;
 
 use crate::selector::{MatchOp, Matcher, Selector};
@@ -15,6 +16,59 @@ pub enum LbacError {
     BadQuery(String),
     /// The restriction cannot be enforced on this request (403).
     Forbidden(String),
+}
+
+/// How much of a query the gateway will parse (SPEC 7): longer or deeper queries are refused with
+/// 400 before anything recurses over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueryLimits {
+    /// `lbac.max_query_bytes`: longest query text, in bytes.
+    pub max_bytes: usize,
+    /// `lbac.max_query_depth`: deepest syntax tree (see [`depth`] for how levels count).
+    pub max_depth: usize,
+}
+
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 128 * 1024;
+pub const DEFAULT_MAX_QUERY_DEPTH: usize = 512;
+/// The largest `lbac.max_query_depth` a config may set: parsing, rewriting, printing and dropping
+/// a tree this deep is tested to fit in half of a gateway worker's stack, in a debug build.
+/// (Measured with promql-parser 0.11, the deepest recursion: a release build needs about 0.75 KiB
+/// of stack per level of nested function calls, a debug build about 2.7 KiB.)
+pub const HARD_MAX_QUERY_DEPTH: usize = 1024;
+/// The stack of each gateway worker thread (`obsgate serve`).
+pub const WORKER_STACK_BYTES: usize = 8 << 20;
+/// The largest `lbac.max_query_bytes` a config may set.
+pub const HARD_MAX_QUERY_BYTES: usize = 16 << 20;
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_bytes: DEFAULT_MAX_QUERY_BYTES,
+            max_depth: DEFAULT_MAX_QUERY_DEPTH,
+        }
+    }
+}
+
+impl QueryLimits {
+    /// The 400 for a query over `lbac.max_query_bytes`.
+    pub fn check_len(&self, what: &str, query: &str) -> Result<(), LbacError> {
+        if query.len() > self.max_bytes {
+            return Err(LbacError::BadQuery(format!(
+                "{what} is {} bytes long, over the limit lbac.max_query_bytes = {}",
+                query.len(),
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The 400 for a query deeper than `lbac.max_query_depth`.
+    pub fn too_deep(&self, what: &str) -> LbacError {
+        LbacError::BadQuery(format!(
+            "{what} is nested more deeply than the limit lbac.max_query_depth = {}",
+            self.max_depth
+        ))
+    }
 }
 
 pub const USE_HEADER_MODE: &str = "use lbac.mode: header with a backend that enforces X-Prom-Label-Policy (Mimir or Loki with label-based access control)";

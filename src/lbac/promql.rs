@@ -2,13 +2,10 @@
 //! matrix selector anywhere in the tree. A user's own matchers stay, and since matchers of one
 //! selector are ANDed, none of them can widen what the policy allows.
 
-use super::LbacError;
+use super::{LbacError, QueryLimits};
 use crate::selector::{MatchOp, Matcher};
 use promql_parser::label::{MatchOp as PMatchOp, Matcher as PMatcher, Matchers};
 use promql_parser::parser::{self, Expr, VectorSelector};
-
-/// Longest query accepted for rewriting.
-pub const MAX_QUERY_LEN: usize = 128 * 1024;
 
 fn to_parser_matcher(m: &Matcher) -> Result<PMatcher, LbacError> {
     let op = match m.op {
@@ -74,8 +71,63 @@ fn for_each_selector(e: &mut Expr, f: &mut impl FnMut(&mut VectorSelector)) {
     }
 }
 
-/// The printer sorts matchers; sorting them on both sides makes trees comparable.
+/// Calls `f` on every node of the tree, children first.
+fn for_each_node(e: &mut Expr, f: &mut impl FnMut(&mut Expr)) {
+    match e {
+        Expr::Aggregate(a) => {
+            for_each_node(&mut a.expr, f);
+            if let Some(p) = a.param.as_mut() {
+                for_each_node(p, f);
+            }
+        }
+        Expr::Unary(u) => for_each_node(&mut u.expr, f),
+        Expr::Binary(b) => {
+            for_each_node(&mut b.lhs, f);
+            for_each_node(&mut b.rhs, f);
+        }
+        Expr::Paren(p) => for_each_node(&mut p.expr, f),
+        Expr::Subquery(s) => for_each_node(&mut s.expr, f),
+        Expr::Call(c) => {
+            for a in c.args.args.iter_mut() {
+                for_each_node(a, f);
+            }
+        }
+        Expr::MatrixSelector(_)
+        | Expr::VectorSelector(_)
+        | Expr::NumberLiteral(_)
+        | Expr::StringLiteral(_)
+        | Expr::Extension(_) => {}
+    }
+    f(e)
+}
+
+/// The printer sorts matchers, and leaves out grouping that means nothing (`sum by () (x)` is
+/// printed `sum(x)`, `a + ignoring () b` as `a + b`); normalizing both sides the same way makes
+/// the trees comparable.
 pub fn normalize(e: &mut Expr) {
+    use promql_parser::parser::LabelModifier;
+    for_each_node(e, &mut |n| match n {
+        Expr::Aggregate(a) => {
+            if matches!(&a.modifier, Some(LabelModifier::Include(l)) if l.labels.is_empty()) {
+                a.modifier = None;
+            }
+        }
+        Expr::Binary(b) => {
+            if let Some(m) = b.modifier.as_mut()
+                && matches!(&m.matching, Some(LabelModifier::Exclude(l)) if l.labels.is_empty())
+            {
+                m.matching = None;
+            }
+            if b
+                .modifier
+                .as_ref()
+                .is_some_and(|m| *m == promql_parser::parser::BinModifier::default())
+            {
+                b.modifier = None;
+            }
+        }
+        _ => {}
+    });
     let key = |m: &PMatcher| (m.name.clone(), m.op.to_string(), m.value.clone());
     for_each_selector(e, &mut |vs| {
         vs.matchers.matchers.sort_by_key(key);
@@ -126,13 +178,10 @@ pub fn selectors(e: &Expr) -> Vec<&VectorSelector> {
     out
 }
 
-/// Parses `query`, restricts every selector, prints the result. Unparsable → `BadQuery`.
-pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
-    if query.len() > MAX_QUERY_LEN {
-        return Err(LbacError::BadQuery(format!(
-            "query is longer than {MAX_QUERY_LEN} bytes"
-        )));
-    }
+/// Parses `query`, restricts every selector, prints the result. Unparsable → `BadQuery`; longer
+/// or deeper than `limits` → `BadQuery` naming the limit, before anything recurses over it.
+pub fn rewrite(query: &str, policy: &[Matcher], limits: &QueryLimits) -> Result<String, LbacError> {
+    super::promql_depth::check(query, limits)?;
     let mut expr =
         parser::parse(query).map_err(|e| LbacError::BadQuery(format!("invalid PromQL: {e}")))?;
     let pm: Vec<PMatcher> = policy
@@ -159,7 +208,12 @@ pub fn rewrite(query: &str, policy: &[Matcher]) -> Result<String, LbacError> {
 }
 
 /// A series selector (`match[]`) is a PromQL vector selector; it must stay one.
-pub fn rewrite_series_selector(sel: &str, policy: &[Matcher]) -> Result<String, LbacError> {
+pub fn rewrite_series_selector(
+    sel: &str,
+    policy: &[Matcher],
+    limits: &QueryLimits,
+) -> Result<String, LbacError> {
+    super::promql_depth::check(sel, limits)?;
     let expr = parser::parse(sel)
         .map_err(|e| LbacError::BadQuery(format!("invalid series selector: {e}")))?;
     if !matches!(expr, Expr::VectorSelector(_)) {
@@ -167,7 +221,7 @@ pub fn rewrite_series_selector(sel: &str, policy: &[Matcher]) -> Result<String, 
             "match[] must be a series selector, got {sel:?}"
         )));
     }
-    rewrite(sel, policy)
+    rewrite(sel, policy, limits)
 }
 
 /// The `match[]` to add when a series/labels request has none: the policy. Prometheus refuses a
@@ -193,7 +247,8 @@ mod tests {
     }
 
     fn rw(q: &str) -> String {
-        rewrite(q, &pol(r#"{env="prod"}"#)).unwrap_or_else(|e| panic!("{q}: {e:?}"))
+        rewrite(q, &pol(r#"{env="prod"}"#), &QueryLimits::default())
+            .unwrap_or_else(|e| panic!("{q}: {e:?}"))
     }
 
     /// Every selector in the rewritten query carries env="prod" (outside any or-group, or in each).
@@ -259,6 +314,11 @@ mod tests {
             "sum(up) by (job) / ignoring(x) sum(up) by (job)",
             "rate(x[1m:10s])",
             "deriv(x[10m] @ end())",
+            "sum by () (x)",
+            "sum without () (rate(x[5m]))",
+            "a + ignoring () b",
+            "a / on () b",
+            "count by () (up) > bool 1",
         ];
         assert!(cases.len() >= 40);
         for q in cases {
@@ -305,7 +365,12 @@ mod tests {
     #[test]
     fn or_matchers_restrict_every_alternative() {
         // promql-parser accepts Prometheus 3's `or` inside selectors
-        let out = rewrite("{job=\"a\" or job=\"b\"}", &pol(r#"{env="prod"}"#)).unwrap();
+        let out = rewrite(
+            "{job=\"a\" or job=\"b\"}",
+            &pol(r#"{env="prod"}"#),
+            &QueryLimits::default(),
+        )
+        .unwrap();
         assert_restricted(&out, "env", "prod");
         assert_eq!(out.matches("env=\"prod\"").count(), 2, "{out}");
     }
@@ -315,6 +380,7 @@ mod tests {
         let out = rewrite(
             "sum(rate(x[5m]))",
             &pol(r#"{env=~"prod|stage", team!="ops"}"#),
+            &QueryLimits::default(),
         )
         .unwrap();
         assert!(
@@ -339,15 +405,18 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    rewrite(q, &pol(r#"{env="prod"}"#)),
+                    rewrite(q, &pol(r#"{env="prod"}"#), &QueryLimits::default()),
                     Err(LbacError::BadQuery(_))
                 ),
                 "{q:?}"
             );
         }
-        let long = format!("up{{a=\"{}\"}}", "x".repeat(MAX_QUERY_LEN));
+        let long = format!(
+            "up{{a=\"{}\"}}",
+            "x".repeat(crate::lbac::DEFAULT_MAX_QUERY_BYTES)
+        );
         assert!(matches!(
-            rewrite(&long, &pol(r#"{env="prod"}"#)),
+            rewrite(&long, &pol(r#"{env="prod"}"#), &QueryLimits::default()),
             Err(LbacError::BadQuery(_))
         ));
     }
@@ -384,11 +453,11 @@ mod tests {
     fn series_selectors_must_be_selectors() {
         let p = pol(r#"{env="prod"}"#);
         assert_eq!(
-            rewrite_series_selector("up", &p).unwrap(),
+            rewrite_series_selector("up", &p, &QueryLimits::default()).unwrap(),
             "up{env=\"prod\"}"
         );
         assert!(matches!(
-            rewrite_series_selector("sum(up)", &p),
+            rewrite_series_selector("sum(up)", &p, &QueryLimits::default()),
             Err(LbacError::BadQuery(_))
         ));
         assert_eq!(policy_selector(&p), "{env=\"prod\"}");
@@ -396,5 +465,109 @@ mod tests {
             policy_selector(&pol(r#"{env!="dev"}"#)),
             "{__name__=~\".+\", env!=\"dev\"}"
         );
+    }
+
+    /// Queries as deep as the deepest `lbac.max_query_depth` a config may set parse, rewrite,
+    /// print, parse back, compare and drop within half a gateway worker's stack, even in a debug
+    /// build; one level more is refused before parsing.
+    #[test]
+    fn the_deepest_allowed_query_of_every_shape_fits_half_a_worker_stack() {
+        use crate::lbac::HARD_MAX_QUERY_DEPTH as D;
+        let limits = QueryLimits {
+            max_bytes: 16 << 20,
+            max_depth: D,
+        };
+        // each builder takes the number of levels above the leaf
+        let shapes: Vec<(&str, Box<dyn Fn(usize) -> String + Send>)> = vec![
+            (
+                "nested sum",
+                Box::new(|n| format!("{}up{}", "sum(".repeat(n), ")".repeat(n))),
+            ),
+            (
+                "nested abs",
+                Box::new(|n| format!("{}up{}", "abs(".repeat(n), ")".repeat(n))),
+            ),
+            (
+                "parens",
+                Box::new(|n| format!("{}up{}", "(".repeat(n), ")".repeat(n))),
+            ),
+            ("unary minus", Box::new(|n| format!("{}up", "-".repeat(n)))),
+            (
+                "unary minus, spaced",
+                Box::new(|n| format!("{}up", "- ".repeat(n))),
+            ),
+            (
+                "left chain",
+                Box::new(|n| format!("up{}", " + up".repeat(n))),
+            ),
+            (
+                "right chain",
+                Box::new(|n| format!("up{}", " ^ up".repeat(n))),
+            ),
+            (
+                "and chain",
+                Box::new(|n| format!("up{}", " and up".repeat(n))),
+            ),
+            (
+                "nested binary in parens",
+                Box::new(|n| format!("{}up{}", "(up + ".repeat(n / 2), ")".repeat(n / 2))),
+            ),
+            (
+                "subqueries",
+                Box::new(|n| {
+                    format!(
+                        "{}up{}",
+                        "max_over_time(".repeat(n / 2),
+                        "[5m:1m])".repeat(n / 2)
+                    )
+                }),
+            ),
+        ];
+        std::thread::Builder::new()
+            .stack_size(crate::lbac::WORKER_STACK_BYTES / 2)
+            .spawn(move || {
+                let p = pol(r#"{env="prod"}"#);
+                for (name, make) in &shapes {
+                    let q = make(D - 1);
+                    let d = crate::lbac::promql_depth::check(&q, &limits)
+                        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                    assert!(d.is_some_and(|d| d <= D), "{name}: {d:?}");
+                    let out = rewrite(&q, &p, &limits).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                    assert!(out.contains("env=\"prod\""), "{name}");
+                    let over = make(D + 1);
+                    let e = rewrite(&over, &p, &limits).unwrap_err();
+                    assert!(
+                        matches!(&e, LbacError::BadQuery(m) if m.contains("lbac.max_query_depth")),
+                        "{name}: {e:?}"
+                    );
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn megabytes_of_nesting_are_refused_quickly_without_parsing() {
+        let limits = QueryLimits {
+            max_bytes: 16 << 20,
+            max_depth: 512,
+        };
+        let p = pol(r#"{env="prod"}"#);
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                for q in [
+                    format!("{}up{}", "sum(".repeat(1 << 20), ")".repeat(1 << 20)),
+                    format!("{}up", "-".repeat(4 << 20)),
+                    format!("up{}", "+up".repeat(1 << 20)),
+                    format!("{}up", "(".repeat(4 << 20)),
+                ] {
+                    assert!(rewrite(&q, &p, &limits).is_err());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! Applies a rewrite-mode restriction to a request: which parameter of which endpoint carries a
 //! query, in the query string and in a form body alike, and which endpoints cannot be filtered.
 
-use super::{LbacError, RewriteCache, logql, promql};
+use super::{LbacError, QueryLimits, RewriteCache, logql, promql};
 use crate::config::BackendKind;
 use crate::selector::Matcher;
 use bytes::Bytes;
@@ -17,40 +17,179 @@ pub enum Lang {
     LogQL,
 }
 
+/// Which parameters of a read route carry a query or selector, and which others it may carry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Read by the backend as a query (PromQL or LogQL): each one is rewritten.
+    pub queries: &'static [&'static str],
+    /// Read as series selectors (`match[]`; Loki also `match`): each one is rewritten, and must
+    /// stay a plain selector.
+    pub selectors: &'static [&'static str],
+    /// Added with the policy as its value when the request carries none of the above (an empty
+    /// value counts as none): labels and series endpoints then list only what the policy allows.
+    pub add: Option<&'static str>,
+    /// The other parameters the backend reads, none of which selects data; passed as they are.
+    /// Any parameter in none of these lists is refused (403): it is not known to be harmless.
+    pub others: &'static [&'static str],
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Treatment {
-    /// Rewrite every `query` parameter.
-    Query,
-    /// Rewrite every `query`; add one with the policy when there is none.
-    QueryOrAdd,
-    /// Rewrite every `match[]`; add one with the policy when there is none.
-    Match,
+    /// Rewrite the parameters as `Params` says.
+    Rewrite(&'static Params),
     /// Reads no series data (e.g. `format_query`): forwarded as it is.
     Pass,
     /// Cannot be filtered here: refused for restricted tokens.
     Refuse,
 }
 
-impl Treatment {
-    fn param(self) -> &'static str {
-        match self {
-            Treatment::Match => "match[]",
-            _ => "query",
-        }
-    }
-}
+const PROM_INSTANT: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: None,
+    others: &["time", "timeout", "limit", "lookback_delta", "stats"],
+};
+const PROM_RANGE: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: None,
+    others: &[
+        "start",
+        "end",
+        "step",
+        "timeout",
+        "limit",
+        "lookback_delta",
+        "stats",
+    ],
+};
+const PROM_EXEMPLARS: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: None,
+    others: &["start", "end"],
+};
+const PROM_SERIES: Params = Params {
+    queries: &[],
+    selectors: &["match[]"],
+    add: Some("match[]"),
+    others: &["start", "end", "limit"],
+};
+const LOKI_QUERY: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &["time", "limit", "direction"],
+};
+const LOKI_RANGE: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &[
+        "start",
+        "end",
+        "since",
+        "limit",
+        "direction",
+        "step",
+        "interval",
+    ],
+};
+const LOKI_LABELS: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &["start", "end", "since"],
+};
+const LOKI_SERIES: Params = Params {
+    queries: &[],
+    selectors: &["match", "match[]"],
+    add: Some("match[]"),
+    others: &["start", "end", "since"],
+};
+const LOKI_STATS: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &[
+        "start",
+        "end",
+        "since",
+        "limit",
+        "direction",
+        "step",
+        "interval",
+    ],
+};
+const LOKI_VOLUME_RANGE: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &[
+        "start",
+        "end",
+        "since",
+        "limit",
+        "direction",
+        "step",
+        "interval",
+        "aggregateBy",
+        "targetLabels",
+    ],
+};
+const LOKI_VOLUME: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &[
+        "time",
+        "start",
+        "end",
+        "since",
+        "limit",
+        "direction",
+        "aggregateBy",
+        "targetLabels",
+    ],
+};
+const LOKI_PATTERNS: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &["start", "end", "since", "step"],
+};
+const LOKI_DETECTED: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &[
+        "start",
+        "end",
+        "since",
+        "step",
+        "limit",
+        "line_limit",
+        "field_limit",
+    ],
+};
+const LOKI_TAIL: Params = Params {
+    queries: &["query"],
+    selectors: &[],
+    add: Some("query"),
+    others: &["start", "since", "limit", "delay_for"],
+};
 
 /// How a read route is handled in rewrite mode.
 pub fn treatment(kind: BackendKind, route: &str) -> (Lang, Treatment) {
     match kind {
         BackendKind::Mimir | BackendKind::Prometheus => {
             let t = match route {
-                "/prometheus/api/v1/query"
-                | "/prometheus/api/v1/query_range"
-                | "/prometheus/api/v1/query_exemplars" => Treatment::Query,
+                "/prometheus/api/v1/query" => Treatment::Rewrite(&PROM_INSTANT),
+                "/prometheus/api/v1/query_range" => Treatment::Rewrite(&PROM_RANGE),
+                "/prometheus/api/v1/query_exemplars" => Treatment::Rewrite(&PROM_EXEMPLARS),
                 "/prometheus/api/v1/series"
                 | "/prometheus/api/v1/labels"
-                | "/prometheus/api/v1/label/{name}/values" => Treatment::Match,
+                | "/prometheus/api/v1/label/{name}/values" => Treatment::Rewrite(&PROM_SERIES),
                 "/prometheus/api/v1/format_query" => Treatment::Pass,
                 // metadata, remote read, cardinality: no selector to restrict
                 _ => Treatment::Refuse,
@@ -59,9 +198,23 @@ pub fn treatment(kind: BackendKind, route: &str) -> (Lang, Treatment) {
         }
         BackendKind::Loki => {
             let t = match route {
-                "/loki/api/v1/series" => Treatment::Match,
+                "/loki/api/v1/query" => Treatment::Rewrite(&LOKI_QUERY),
+                "/loki/api/v1/query_range" => Treatment::Rewrite(&LOKI_RANGE),
+                "/loki/api/v1/label"
+                | "/loki/api/v1/labels"
+                | "/loki/api/v1/label/{name}/values" => Treatment::Rewrite(&LOKI_LABELS),
+                "/loki/api/v1/series" => Treatment::Rewrite(&LOKI_SERIES),
+                "/loki/api/v1/index/stats" => Treatment::Rewrite(&LOKI_STATS),
+                "/loki/api/v1/index/volume" => Treatment::Rewrite(&LOKI_VOLUME),
+                "/loki/api/v1/index/volume_range" => Treatment::Rewrite(&LOKI_VOLUME_RANGE),
+                "/loki/api/v1/patterns" => Treatment::Rewrite(&LOKI_PATTERNS),
+                "/loki/api/v1/detected_labels"
+                | "/loki/api/v1/detected_fields"
+                | "/loki/api/v1/detected_field/{name}/values" => Treatment::Rewrite(&LOKI_DETECTED),
+                "/loki/api/v1/tail" => Treatment::Rewrite(&LOKI_TAIL),
                 "/loki/api/v1/format_query" => Treatment::Pass,
-                _ => Treatment::QueryOrAdd,
+                // a read route added to the table without a decision here: refused
+                _ => Treatment::Refuse,
             };
             (Lang::LogQL, t)
         }
@@ -72,39 +225,140 @@ pub fn treatment(kind: BackendKind, route: &str) -> (Lang, Treatment) {
 /// What a rewrite is asked to do, with the cache that remembers the answers.
 pub struct Rewriter<'a> {
     pub lang: Lang,
-    pub treatment: Treatment,
+    pub params: &'static Params,
     pub policy: &'a [Matcher],
+    pub limits: QueryLimits,
     pub cache: &'a RewriteCache,
 }
 
+#[derive(Clone, Copy, Debug)]
+enum ParamKind {
+    Query,
+    Selector,
+}
+
 impl Rewriter<'_> {
-    fn rewrite_one(&self, value: &str, policy_key: &str) -> Result<String, LbacError> {
-        let (lang, t, policy) = (self.lang, self.treatment, self.policy);
-        let key = format!("{lang:?}|{}|{policy_key}\u{0}{value}", t.param());
-        self.cache.get_or_insert_with(key, || match (lang, t) {
-            (Lang::PromQL, Treatment::Match) => promql::rewrite_series_selector(value, policy),
-            (Lang::PromQL, _) => promql::rewrite(value, policy),
-            (Lang::LogQL, _) => logql::rewrite(value, policy),
+    fn rewrite_one(
+        &self,
+        kind: ParamKind,
+        value: &str,
+        policy_key: &str,
+    ) -> Result<String, LbacError> {
+        let (lang, policy, limits) = (self.lang, self.policy, &self.limits);
+        // the length limit first: an over-long value is not even hashed into the cache
+        limits.check_len("query", value)?;
+        let key = format!("{lang:?}|{kind:?}|{policy_key}\u{0}{value}");
+        self.cache.get_or_insert_with(key, || match (lang, kind) {
+            (Lang::PromQL, ParamKind::Selector) => {
+                promql::rewrite_series_selector(value, policy, limits)
+            }
+            (Lang::PromQL, ParamKind::Query) => promql::rewrite(value, policy, limits),
+            (Lang::LogQL, ParamKind::Selector) => {
+                logql::rewrite_series_selector(value, policy, limits)
+            }
+            (Lang::LogQL, ParamKind::Query) => logql::rewrite(value, policy, limits),
         })
     }
 }
 
-/// Rewrites every `param` in an urlencoded string; returns the new string and whether any was found.
+/// Percent-decodes one `application/x-www-form-urlencoded` component as Go's
+/// `url.QueryUnescape` does (`+` is a space); an invalid `%` escape is an error, as it is for
+/// the backend, rather than a literal `%`.
+fn unescape(raw: &[u8]) -> Result<String, LbacError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (
+                    raw.get(i + 1).copied().and_then(hex),
+                    raw.get(i + 2).copied().and_then(hex),
+                ) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => {
+                        return Err(LbacError::BadQuery(
+                            "invalid percent-encoding in the request parameters".into(),
+                        ));
+                    }
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| LbacError::BadQuery("request parameters are not valid UTF-8".into()))
+}
+
+/// Decodes an urlencoded string into its pairs, strictly (see [`unescape`]).
+fn decode_form(encoded: &[u8]) -> Result<Vec<(String, String)>, LbacError> {
+    let mut pairs = Vec::new();
+    for part in encoded.split(|&c| c == b'&') {
+        if part.is_empty() {
+            continue;
+        }
+        if part.contains(&b';') {
+            // Go's url.ParseQuery refuses `;` as a separator; what it would make of the pair
+            // is not what we would
+            return Err(LbacError::BadQuery(
+                "';' in the request parameters; separate parameters with '&' and encode ';' as %3B"
+                    .into(),
+            ));
+        }
+        let (k, v) = match part.iter().position(|&c| c == b'=') {
+            Some(eq) => (&part[..eq], &part[eq + 1..]),
+            None => (part, &b""[..]),
+        };
+        pairs.push((unescape(k)?, unescape(v)?));
+    }
+    Ok(pairs)
+}
+
+/// Rewrites the parameters of an urlencoded string; returns the new string and whether a query
+/// or selector parameter with a value was found.
 fn rewrite_form(
     encoded: &[u8],
     rw: &Rewriter<'_>,
     policy_key: &str,
 ) -> Result<(String, bool), LbacError> {
-    let param = rw.treatment.param();
+    let p = rw.params;
     let mut found = false;
     let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(encoded) {
-        if k == param {
-            found = true;
-            out.append_pair(&k, &rw.rewrite_one(&v, policy_key)?);
-        } else {
+    for (k, v) in decode_form(encoded)? {
+        let kind = if p.queries.contains(&k.as_str()) {
+            ParamKind::Query
+        } else if p.selectors.contains(&k.as_str()) {
+            ParamKind::Selector
+        } else if p.others.contains(&k.as_str()) {
             out.append_pair(&k, &v);
+            continue;
+        } else {
+            return Err(LbacError::Forbidden(format!(
+                "parameter {:?} is not allowed on a read restricted by label policies (allowed: {})",
+                k.chars().take(64).collect::<String>(),
+                p.queries
+                    .iter()
+                    .chain(p.selectors)
+                    .chain(p.others)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if v.trim().is_empty() && p.add.is_some() {
+            // an empty query or selector reads everything: it is replaced by the policy
+            continue;
         }
+        found = true;
+        out.append_pair(&k, &rw.rewrite_one(kind, &v, policy_key)?);
     }
     Ok((out.finish(), found))
 }
@@ -127,31 +381,21 @@ fn is_form(headers: &http::HeaderMap) -> bool {
         })
 }
 
-/// The rewritten query string and body of a restricted read. The query is rewritten wherever
-/// it appears (query string and form body), so a request carrying it in both places cannot let
-/// either through unrestricted.
+/// The rewritten query string and body of a restricted read. Every parameter that carries a
+/// query or selector is rewritten wherever it appears (query string and form body), so a request
+/// carrying one in both places cannot let either through unrestricted; a parameter the route is
+/// not known to read harmlessly is refused.
 pub async fn apply<B>(
     headers: &mut http::HeaderMap,
     query_string: Option<&str>,
     body: B,
     rw: &Rewriter<'_>,
-    route: &str,
 ) -> Result<(Option<String>, Option<Bytes>), LbacError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (lang, t, policy) = (rw.lang, rw.treatment, rw.policy);
-    match t {
-        Treatment::Refuse => {
-            return Err(LbacError::Forbidden(format!(
-                "{route} cannot be filtered by label policies and is refused for this token; {}",
-                super::USE_HEADER_MODE
-            )));
-        }
-        Treatment::Pass => return Ok((query_string.map(str::to_string), None)),
-        _ => {}
-    }
+    let (lang, params, policy) = (rw.lang, rw.params, rw.policy);
     let policy_key = crate::selector::MatchersText(policy).to_string();
     let (mut qs, mut found) = match query_string {
         Some(q) => rewrite_form(q.as_bytes(), rw, &policy_key)?,
@@ -179,9 +423,9 @@ where
             "a label-restricted read must carry its parameters in the query string or an application/x-www-form-urlencoded body".into(),
         ));
     };
-    if !found && matches!(t, Treatment::Match | Treatment::QueryOrAdd) {
+    if !found && let Some(add) = params.add {
         let mut s = form_urlencoded::Serializer::new(qs);
-        s.append_pair(t.param(), &policy_param(lang, policy));
+        s.append_pair(add, &policy_param(lang, policy));
         qs = s.finish();
     }
     headers.remove(http::header::CONTENT_LENGTH);
@@ -192,6 +436,14 @@ where
         );
     }
     Ok(((!qs.is_empty()).then_some(qs), Some(new_body)))
+}
+
+/// The 403 for a route that cannot be filtered in rewrite mode.
+pub fn refused(route: &str) -> LbacError {
+    LbacError::Forbidden(format!(
+        "{route} cannot be filtered by label policies and is refused for this token; {}",
+        super::USE_HEADER_MODE
+    ))
 }
 
 #[cfg(test)]
@@ -216,21 +468,20 @@ mod tests {
             h.insert("content-type", c.parse().unwrap());
         }
         let (lang, t) = treatment(kind, route);
+        let params = match t {
+            Treatment::Rewrite(p) => p,
+            Treatment::Refuse => return Err(refused(route)),
+            Treatment::Pass => return Ok((qs.map(str::to_string), String::new())),
+        };
         let (policy, cache) = (pol(), RewriteCache::default());
         let rw = Rewriter {
             lang,
-            treatment: t,
+            params,
             policy: &policy,
+            limits: QueryLimits::default(),
             cache: &cache,
         };
-        let (q, b) = apply(
-            &mut h,
-            qs,
-            Full::new(Bytes::from(body.to_string())),
-            &rw,
-            route,
-        )
-        .await?;
+        let (q, b) = apply(&mut h, qs, Full::new(Bytes::from(body.to_string())), &rw).await?;
         Ok((
             q,
             b.map(|b| String::from_utf8(b.to_vec()).unwrap())
@@ -426,5 +677,132 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(q.as_deref(), Some("query=up"));
+    }
+
+    #[tokio::test]
+    async fn loki_series_match_and_match_brackets_are_both_rewritten() {
+        for qs in [
+            "match=%7Benv%3D%22dev%22%7D",
+            "match%5B%5D=%7Bapp%3D%22x%22%7D&match=%7Benv%3D%22dev%22%7D",
+        ] {
+            let (q, _) = run(Some(qs), "", None, BackendKind::Loki, "/loki/api/v1/series")
+                .await
+                .unwrap();
+            let q = q.unwrap();
+            let all: Vec<String> = decoded(&q, "match")
+                .into_iter()
+                .chain(decoded(&q, "match[]"))
+                .collect();
+            assert!(!all.is_empty(), "{q}");
+            for s in &all {
+                assert!(s.ends_with("env=\"prod\"}"), "{s} in {q}");
+            }
+            // nothing was added next to a given selector
+            assert_eq!(all.len(), qs.split('&').count());
+        }
+        // in a form body too
+        let (q, b) = run(
+            None,
+            "match=%7Benv%3D%22dev%22%7D",
+            Some("application/x-www-form-urlencoded"),
+            BackendKind::Loki,
+            "/loki/api/v1/series",
+        )
+        .await
+        .unwrap();
+        assert_eq!(q, None);
+        assert_eq!(decoded(&b, "match"), ["{env=\"dev\", env=\"prod\"}"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_parameters_are_refused_known_ones_pass() {
+        let r = run(
+            Some("query=up&selector=%7Benv%3D%22dev%22%7D"),
+            "",
+            None,
+            BackendKind::Mimir,
+            "/prometheus/api/v1/query",
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(LbacError::Forbidden(m)) if m.contains("selector")),
+            "{r:?}"
+        );
+        let r = run(
+            Some("query=%7Ba%3D%22b%22%7D&match=%7Benv%3D%22dev%22%7D"),
+            "",
+            None,
+            BackendKind::Loki,
+            "/loki/api/v1/query_range",
+        )
+        .await;
+        assert!(matches!(r, Err(LbacError::Forbidden(_))), "{r:?}");
+        let (q, _) = run(
+            Some("query=up&time=1&timeout=5s"),
+            "",
+            None,
+            BackendKind::Mimir,
+            "/prometheus/api/v1/query",
+        )
+        .await
+        .unwrap();
+        assert_eq!(decoded(q.as_deref().unwrap(), "timeout"), ["5s"]);
+    }
+
+    #[tokio::test]
+    async fn bad_encodings_are_refused_and_empty_selectors_get_the_policy() {
+        for qs in ["query=%7Bapp%3D%22x%22%7D%zz", "query=up%", "query=%E2%28"] {
+            let r = run(Some(qs), "", None, BackendKind::Loki, "/loki/api/v1/query").await;
+            assert!(matches!(r, Err(LbacError::BadQuery(_))), "{qs}: {r:?}");
+        }
+        let r = run(
+            Some("query=up;match[]=x"),
+            "",
+            None,
+            BackendKind::Mimir,
+            "/prometheus/api/v1/query",
+        )
+        .await;
+        assert!(matches!(r, Err(LbacError::BadQuery(_))), "{r:?}");
+        let (q, _) = run(
+            Some("query=&start=1"),
+            "",
+            None,
+            BackendKind::Loki,
+            "/loki/api/v1/labels",
+        )
+        .await
+        .unwrap();
+        assert_eq!(decoded(q.as_deref().unwrap(), "query"), ["{env=\"prod\"}"]);
+    }
+
+    #[tokio::test]
+    async fn over_long_and_over_deep_queries_name_the_limit() {
+        let long = format!("query=up%7Ba%3D%22{}%22%7D", "x".repeat(200_000));
+        let r = run(
+            Some(&long),
+            "",
+            None,
+            BackendKind::Mimir,
+            "/prometheus/api/v1/query",
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(LbacError::BadQuery(m)) if m.contains("lbac.max_query_bytes")),
+            "{r:?}"
+        );
+        let deep = format!("query={}up{}", "(".repeat(600), ")".repeat(600));
+        let r = run(
+            Some(&deep),
+            "",
+            None,
+            BackendKind::Mimir,
+            "/prometheus/api/v1/query",
+        )
+        .await;
+        assert!(
+            matches!(&r, Err(LbacError::BadQuery(m)) if m.contains("lbac.max_query_depth")),
+            "{r:?}"
+        );
     }
 }

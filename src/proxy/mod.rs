@@ -611,25 +611,28 @@ async fn forward(
             (parts.uri.query().map(str::to_string), body.boxed_unsync())
         }
         Enforcement::Rewrite(policy) => {
-            use crate::lbac::request::{Rewriter, Treatment, apply, treatment};
+            use crate::lbac::request::{Rewriter, Treatment, apply, refused, treatment};
             let (lang, t) = treatment(b.kind, route.name);
-            if t == Treatment::Pass {
-                (parts.uri.query().map(str::to_string), body.boxed_unsync())
-            } else {
-                let qs = parts.uri.query().map(str::to_string);
-                let rw = Rewriter {
-                    lang,
-                    treatment: t,
-                    policy: &policy,
-                    cache: &gw.rewrite_cache,
-                };
-                let (q, new_body) = apply(&mut parts.headers, qs.as_deref(), body, &rw, route.name)
-                    .await
-                    .map_err(|e| match cut.get() {
+            match t {
+                Treatment::Pass => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
+                Treatment::Refuse => return Err(lbac_failure(refused(route.name))),
+                Treatment::Rewrite(params) => {
+                    let qs = parts.uri.query().map(str::to_string);
+                    let rw = Rewriter {
+                        lang,
+                        params,
+                        policy: &policy,
+                        limits: gw.config.lbac_limits,
+                        cache: &gw.rewrite_cache,
+                    };
+                    let (q, new_body) = apply(&mut parts.headers, qs.as_deref(), body, &rw)
+                        .await
+                        .map_err(|e| match cut.get() {
                         Some(c) => cut_failure(c),
                         None => lbac_failure(e),
                     })?;
-                (q, full(new_body.unwrap_or_default()))
+                    (q, full(new_body.unwrap_or_default()))
+                }
             }
         }
     };
