@@ -143,6 +143,7 @@ fn benches(c: &mut Criterion) {
     let policy = obsgate::selector::parse_selector(r#"{env="prod", team=~"a|b"}"#)
         .unwrap()
         .matchers;
+    let limits = obsgate::lbac::QueryLimits::default();
     let promql_cases = [
         ("simple", "up".to_string()),
         ("nested", "sum by (job) (rate(http_requests_total{code=~\"5..\"}[5m])) / sum by (job) (rate(http_requests_total[5m]))".to_string()),
@@ -150,7 +151,7 @@ fn benches(c: &mut Criterion) {
     ];
     for (name, q) in &promql_cases {
         c.bench_function(&format!("lbac/promql_rewrite {name}"), |b| {
-            b.iter(|| obsgate::lbac::promql::rewrite(black_box(q), &policy).unwrap())
+            b.iter(|| obsgate::lbac::promql::rewrite(black_box(q), &policy, &limits).unwrap())
         });
     }
     let cache = obsgate::lbac::RewriteCache::default();
@@ -164,7 +165,9 @@ fn benches(c: &mut Criterion) {
                     black_box(nested)
                 );
                 cache
-                    .get_or_insert_with(key, || obsgate::lbac::promql::rewrite(nested, &policy))
+                    .get_or_insert_with(key, || {
+                        obsgate::lbac::promql::rewrite(nested, &policy, &limits)
+                    })
                     .unwrap()
             })
         },
@@ -174,9 +177,17 @@ fn benches(c: &mut Criterion) {
         ("nested", r#"sum by (level) (count_over_time({app="x"} |= "error" | json | level!="debug" [5m])) / sum(count_over_time({app="x"}[5m]))"#.to_string()),
         ("10 selectors", (0..10).map(|i| format!("count_over_time({{a=\"{i}\"}} |= \"x\" [1m])")).collect::<Vec<_>>().join(" + ")),
     ];
+    // a query at the default depth limit: the cost of the depth check plus a deep rewrite
+    let deep = format!("{}up{}", "sum(".repeat(511), ")".repeat(511));
+    c.bench_function("lbac/promql_depth check, depth 512", |b| {
+        b.iter(|| obsgate::lbac::promql_depth::check(black_box(&deep), &limits).unwrap())
+    });
+    c.bench_function("lbac/promql_depth check, nested", |b| {
+        b.iter(|| obsgate::lbac::promql_depth::check(black_box(nested), &limits).unwrap())
+    });
     for (name, q) in &logql_cases {
         c.bench_function(&format!("lbac/logql_rewrite {name}"), |b| {
-            b.iter(|| obsgate::lbac::logql::rewrite(black_box(q), &policy).unwrap())
+            b.iter(|| obsgate::lbac::logql::rewrite(black_box(q), &policy, &limits).unwrap())
         });
     }
     let sel = obsgate::selector::parse_selector(r#"{env="prod", team=~"a|b"}"#).unwrap();
