@@ -4,7 +4,7 @@
 //
 // Each input line: {"lang":"logql"|"promql","query":…,"verdict":"accepted"|"bad_query"|"forbidden",
 //                   "output":…|null,"policy":[["env","=","prod"],…]}
-// Each output line (same order): {"i":N,"input_ok":bool,"input_error":…|null,
+// Each output line (same order): {"i":N,"input_ok":bool,"input_error":…|null,"input_note":…|null,
 //                   "output_ok":bool|null,"output_error":…|null,"unrestricted":[…]|null}
 //
 // input_ok: the query parses with no error node. First the lexical handling of the real lexers
@@ -92,9 +92,14 @@ function unquote(lit) {
 //   - `[` starts a range: everything up to the next `]` is read raw (no strings, no comments) and
 //     must be a Prometheus duration (model.ParseDuration), else the query is refused;
 //   - a NUL character anywhere is an error ("invalid character NUL");
-//   - white space is only space, \t, \n and \r. lezer also skips \v, \f, U+0085, U+00A0 and
-//     the other Unicode spaces; Loki's scanner returns such a rune as a token of its own, which
-//     lex.go turns into an IDENTIFIER: mirrored like a char literal.
+//   - identifiers are Go identifiers: Unicode letters, digits and `_` (lezer-logql: ASCII letters,
+//     digits, `_` and `:`). One with a non-ASCII letter is replaced by an ASCII placeholder;
+//   - any other rune that is not part of a token Loki knows (punctuation outside
+//     `, . { } ( ) [ ] = | + - * / % ^ < >` and the two-rune operators, a lone `!` or `~`, `:`,
+//     `@`, `$`, `;`, a fullwidth brace, a zero-width space, a BOM after the start, and the white
+//     space that lezer skips but Go does not: \v, \f, U+0085, U+00A0, …) is returned by the
+//     scanner as a token of its own, which lex.go turns into an IDENTIFIER: mirrored like a char
+//     literal, by a placeholder identifier that lezer then accepts or refuses by position.
 // Returns {ok:true, text} with comments replaced by a space, or {ok:false, error}.
 
 // What lezer's std.whitespace skips beyond Go's and Prometheus' white space (space \t \n \r).
@@ -131,12 +136,38 @@ function scanGoQuoted(src, i, quote) {
   }
 }
 
+const GO_LETTER = /^[\p{L}_]$/u;
+const GO_IDENT_REST = /^[\p{L}\p{Nd}_]$/u;
+const LOKI_PUNCT = ',.{}()[]=|+-*/%^<>';
+const LOKI_OPS = ['!=', '=~', '!~', '!>', '|=', '|~', '|>', '==', '>=', '<='];
+
 function lokiLex(src) {
   if (src.includes('\0')) return { ok: false, error: 'loki lexer: invalid character NUL' };
+  if (src.startsWith('\ufeff')) src = src.slice(1); // text/scanner skips a leading BOM
   let out = '';
   let chars = 0;
   let i = 0;
+  const placeholder = (kind) => ` __go_${kind}_${chars++} `;
   while (i < src.length) {
+    const cp = src.codePointAt(i);
+    const ch = String.fromCodePoint(cp);
+    if (GO_LETTER.test(ch)) {
+      let j = i + ch.length;
+      for (;;) {
+        const n = src.codePointAt(j);
+        if (n === undefined || !GO_IDENT_REST.test(String.fromCodePoint(n))) break;
+        j += String.fromCodePoint(n).length;
+      }
+      const ident = src.slice(i, j);
+      out += /^[A-Za-z0-9_]+$/.test(ident) ? ident : placeholder('ident');
+      i = j;
+      continue;
+    }
+    if (LOKI_OPS.includes(src.slice(i, i + 2))) {
+      out += src.slice(i, i + 2);
+      i += 2;
+      continue;
+    }
     const c = src[i];
     const c2 = src[i + 1];
     if (c === '"') {
@@ -170,9 +201,6 @@ function lokiLex(src) {
       const j = src.indexOf('\n', i);
       out += ' ';
       i = j < 0 ? src.length : j;
-    } else if (EXTRA_SPACE.test(c)) {
-      out += ` __go_rune_${chars++} `;
-      i++;
     } else if (c === '[') {
       const j = src.indexOf(']', i + 1);
       if (j < 0) return { ok: false, error: "loki lexer: missing closing ']' in duration" };
@@ -180,9 +208,13 @@ function lokiLex(src) {
       if (!PROM_DURATION.test(d)) return { ok: false, error: `loki lexer: bad range duration ${JSON.stringify(d)}` };
       out += src.slice(i, j + 1);
       i = j + 1;
-    } else {
+    } else if (c === ' ' || c === '\t' || c === '\n' || c === '\r' || (c >= '0' && c <= '9') || LOKI_PUNCT.includes(c)) {
       out += c;
       i++;
+    } else {
+      // a rune of its own: lex.go returns it as an IDENTIFIER
+      out += placeholder('rune');
+      i += ch.length;
     }
   }
   return { ok: true, text: out };
@@ -192,12 +224,14 @@ function lokiLex(src) {
 //   - a `#` comment ends at \r as well as at \n (isEndOfLine); lezer's LineComment runs to \n,
 //     so `x # \r or y` would hide `y` from lezer while Prometheus reads it. The comment is
 //     replaced by a space, the \r kept;
-//   - white space is only space, \t, \n and \r: any other character lezer skips is an
-//     "unexpected character" error;
+//   - white space is only space, \t, \n and \r: any other character lezer skips (\v, \f,
+//     U+00A0, …) is an "unexpected character" error in Prometheus. lezer's verdict is kept (the
+//     brief for this check is lezer's grammar) and the difference is reported in input_note;
 //   - "…" and '…' strings end at a newline with an error, and an escape Go does not know is an
 //     error ("unknown escape sequence"); `…` is raw.
 function promLex(src) {
   let out = '';
+  let note = null;
   let i = 0;
   while (i < src.length) {
     const c = src[i];
@@ -218,14 +252,15 @@ function promLex(src) {
       while (j < src.length && src[j] !== '\n' && src[j] !== '\r') j++;
       out += ' ';
       i = j;
-    } else if (EXTRA_SPACE.test(c)) {
-      return { ok: false, error: `prometheus lexer: unexpected character U+${c.codePointAt(0).toString(16).padStart(4, '0')}` };
     } else {
+      if (EXTRA_SPACE.test(c) && note === null) {
+        note = `prometheus lexer: unexpected character U+${c.codePointAt(0).toString(16).padStart(4, '0')}`;
+      }
       out += c;
       i++;
     }
   }
-  return { ok: true, text: out };
+  return { ok: true, text: out, note };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,12 +374,13 @@ function check(rec) {
     if (!lx.ok) return { ok: false, error: lx.error };
     const tree = P.parse(lx.text);
     const err = firstError(tree, lx.text);
-    return { ok: err === null, error: err, tree, text: lx.text };
+    return { ok: err === null, error: err, tree, text: lx.text, note: lx.note ?? null };
   };
-  const res = { i: rec.i, input_ok: false, input_error: null, output_ok: null, output_error: null, unrestricted: null };
+  const res = { i: rec.i, input_ok: false, input_error: null, input_note: null, output_ok: null, output_error: null, unrestricted: null };
   const inp = parse(rec.query);
   res.input_ok = inp.ok;
   res.input_error = inp.error;
+  res.input_note = inp.note ?? null;
   if (rec.verdict === 'accepted' && typeof rec.output === 'string') {
     const out = parse(rec.output);
     res.output_ok = out.ok;
