@@ -118,8 +118,7 @@ pub fn normalize(e: &mut Expr) {
             {
                 m.matching = None;
             }
-            if b
-                .modifier
+            if b.modifier
                 .as_ref()
                 .is_some_and(|m| *m == promql_parser::parser::BinModifier::default())
             {
@@ -178,10 +177,79 @@ pub fn selectors(e: &Expr) -> Vec<&VectorSelector> {
     out
 }
 
+/// Prometheus reads a backtick string raw (no escapes; a carriage return is dropped, as Go's
+/// `strconv.Unquote` does), while `promql-parser` reads `\` in it as an escape and refuses
+/// `` `a\.b` ``. Each raw string is therefore rewritten as the double-quoted string of the same
+/// value before parsing. Strings and `#` comments are skipped as Prometheus's lexer skips them;
+/// no recursion, one pass.
+pub fn raw_strings_as_quoted(query: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write as _;
+    if !query.contains('`') {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let b = query.as_bytes();
+    let mut out = String::with_capacity(query.len() + 16);
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+                    i += 1;
+                }
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'`' => {
+                let Some(len) = query[i + 1..].find('`') else {
+                    // unterminated: left for the parser to refuse
+                    break;
+                };
+                out.push_str(&query[copied..i]);
+                out.push('"');
+                for c in query[i + 1..i + 1 + len].chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '"' => out.push_str("\\\""),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        '\r' => {}
+                        c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                            let _ = write!(out, "\\x{:02x}", c as u32);
+                        }
+                        c => out.push(c),
+                    }
+                }
+                out.push('"');
+                i += len + 2;
+                copied = i;
+            }
+            _ => i += 1,
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    out.push_str(&query[copied.min(query.len())..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Parses `query`, restricts every selector, prints the result. Unparsable → `BadQuery`; longer
 /// or deeper than `limits` → `BadQuery` naming the limit, before anything recurses over it.
 pub fn rewrite(query: &str, policy: &[Matcher], limits: &QueryLimits) -> Result<String, LbacError> {
-    super::promql_depth::check(query, limits)?;
+    limits.check_len("query", query)?;
+    let query = raw_strings_as_quoted(query);
+    let query = query.as_ref();
+    let unlimited_len = QueryLimits {
+        max_bytes: usize::MAX,
+        ..*limits
+    };
+    super::promql_depth::check(query, &unlimited_len)?;
     let mut expr =
         parser::parse(query).map_err(|e| LbacError::BadQuery(format!("invalid PromQL: {e}")))?;
     let pm: Vec<PMatcher> = policy
@@ -213,8 +281,14 @@ pub fn rewrite_series_selector(
     policy: &[Matcher],
     limits: &QueryLimits,
 ) -> Result<String, LbacError> {
-    super::promql_depth::check(sel, limits)?;
-    let expr = parser::parse(sel)
+    limits.check_len("selector", sel)?;
+    let quoted = raw_strings_as_quoted(sel);
+    let unlimited_len = QueryLimits {
+        max_bytes: usize::MAX,
+        ..*limits
+    };
+    super::promql_depth::check(&quoted, &unlimited_len)?;
+    let expr = parser::parse(&quoted)
         .map_err(|e| LbacError::BadQuery(format!("invalid series selector: {e}")))?;
     if !matches!(expr, Expr::VectorSelector(_)) {
         return Err(LbacError::BadQuery(format!(
@@ -319,6 +393,8 @@ mod tests {
             "a + ignoring () b",
             "a / on () b",
             "count by () (up) > bool 1",
+            "x{a=`a\\.b`}",
+            "{instance =`api\\-server`} # `raw`",
         ];
         assert!(cases.len() >= 40);
         for q in cases {
@@ -569,5 +645,31 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
+    }
+
+    #[test]
+    fn backtick_strings_are_raw_as_prometheus_reads_them() {
+        for (q, want) in [
+            (r"x{a=`a\.b`}", r#"x{a="a\\.b"}"#),
+            ("x{a=`q\"`}", r#"x{a="q\""}"#),
+            ("x{a=`l1\nl2`}", r#"x{a="l1\nl2"}"#),
+            ("x{a=`cr\r`}", r#"x{a="cr"}"#),
+            (r#"x{a="`"} # `"#, r#"x{a="`"} # `"#),
+            (r"x{a='`'} + y{b=`\`}", r#"x{a='`'} + y{b="\\"}"#),
+            ("`unterminated", "`unterminated"),
+        ] {
+            assert_eq!(raw_strings_as_quoted(q), want, "{q}");
+        }
+        // the value Prometheus would read is the value the rewrite keeps
+        let out = rw(r"x{a=~`a\.b\d`}");
+        let e = parser::parse(&out).unwrap();
+        let vs = selectors(&e)[0];
+        assert!(
+            vs.matchers
+                .matchers
+                .iter()
+                .any(|m| m.name == "a" && m.value == r"a\.b\d"),
+            "{out}"
+        );
     }
 }
