@@ -554,7 +554,8 @@ mod tests {
             max_depth: D,
         };
         // each builder takes the number of levels above the leaf
-        let shapes: Vec<(&str, Box<dyn Fn(usize) -> String + Send>)> = vec![
+        type Builder = Box<dyn Fn(usize) -> String + Send>;
+        let shapes: Vec<(&str, Builder)> = vec![
             (
                 "nested sum",
                 Box::new(|n| format!("{}up{}", "sum(".repeat(n), ")".repeat(n))),

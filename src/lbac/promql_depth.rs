@@ -603,7 +603,8 @@ mod tests {
             max_bytes: 1 << 20,
             max_depth: 40,
         };
-        let shapes: [(&str, fn(usize) -> String); 6] = [
+        type Builder = fn(usize) -> String;
+        let shapes: [(&str, Builder); 6] = [
             ("sum", |n| {
                 format!("{}up{}", "sum(".repeat(n), ")".repeat(n))
             }),
