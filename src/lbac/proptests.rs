@@ -121,6 +121,9 @@ fn logql_string(r: &mut Rng) -> String {
         "ünï",
         "{{.msg}}",
         "#not a comment",
+        "// nor this",
+        "/* nor this */",
+        "'",
     ]);
     if r.below(2) == 0 {
         format!("\"{s}\"")
@@ -130,24 +133,34 @@ fn logql_string(r: &mut Rng) -> String {
 }
 
 fn stream(r: &mut Rng) -> String {
-    let n = r.below(3);
-    let ms: Vec<String> = (0..n)
-        .map(|_| {
-            let v = logql_string(r);
-            format!("{}{}{}", r.pick(&["app", "env", "ns"]), r.pick(OPS), v)
-        })
-        .collect();
-    format!("{{{}}}", ms.join(", "))
+    // Loki wants one matcher that does not match the empty string
+    let mut ms = vec![format!(
+        "{}=\"{}\"",
+        r.pick(&["app", "env", "ns"]),
+        r.pick(&["x", "prod", "ünï", "a b"])
+    )];
+    for _ in 0..r.below(3) {
+        let v = logql_string(r);
+        ms.insert(
+            r.below(ms.len() + 1),
+            format!("{}{}{}", r.pick(&["app", "env", "ns"]), r.pick(OPS), v),
+        );
+    }
+    format!("{{{}}}", ms.join(r.pick(&[", ", ",", " , "])))
 }
 
 fn log_query(r: &mut Rng) -> String {
     let mut q = stream(r);
-    for _ in 0..r.below(4) {
-        q += &match r.below(5) {
+    for _ in 0..r.below(5) {
+        q += &match r.below(9) {
             0 => format!(" |= {}", logql_string(r)),
             1 => format!(" |~ {}", logql_string(r)),
-            2 => " | json".to_string(),
-            3 => format!(" | env={}", logql_string(r)),
+            2 => format!(" != {} or {}", logql_string(r), logql_string(r)),
+            3 => " | json".to_string(),
+            4 => " | logfmt --strict".to_string(),
+            5 => format!(" | env={}", logql_string(r)),
+            6 => " | (level=\"error\" or status >= 500) and latency > 250ms".to_string(),
+            7 => " | drop a, b=\"c\"".to_string(),
             _ => format!(" | line_format {}", logql_string(r)),
         };
     }
@@ -158,14 +171,20 @@ fn logql_expr(r: &mut Rng, depth: u32) -> String {
     if depth == 0 {
         return log_query(r);
     }
-    match r.below(4) {
+    match r.below(6) {
         0 => log_query(r),
         1 => format!("count_over_time({} [5m])", log_query(r)),
         2 => format!("sum by (app) (rate({} [1m]))", log_query(r)),
+        3 => format!("topk(3, bytes_over_time(({})[5m] offset 1h))", log_query(r)),
+        4 => format!(
+            "quantile_over_time(0.99, {} | unwrap duration(took) [5m]) by (app)",
+            log_query(r)
+        ),
         _ => format!(
-            "{} / {}",
-            logql_expr(r, depth - 1),
-            logql_expr(r, depth - 1)
+            "sum(count_over_time({} [1m])) {} sum(rate({} [1m]))",
+            log_query(r),
+            r.pick(&["/", "+", "or", "and on (app)", ">= bool"]),
+            log_query(r)
         ),
     }
 }
@@ -173,11 +192,11 @@ fn logql_expr(r: &mut Rng, depth: u32) -> String {
 #[test]
 fn generated_logql_is_restricted_and_otherwise_byte_identical() {
     let pol = policy();
+    let limits = crate::lbac::QueryLimits::default();
     let mut r = Rng(0xD1B5_4A32_D192_ED03);
-    for _ in 0..2000 {
+    for i in 0..2000 {
         let q = logql_expr(&mut r, 2);
-        let out = logql::rewrite(&q, &pol, &crate::lbac::QueryLimits::default())
-            .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+        let out = logql::rewrite(&q, &pol, &limits).unwrap_or_else(|e| panic!("{q}: {e:?}"));
         let sels = logql::stream_selectors(&out).unwrap();
         assert!(!sels.is_empty(), "{q}");
         for s in &sels {
@@ -185,5 +204,18 @@ fn generated_logql_is_restricted_and_otherwise_byte_identical() {
         }
         // removing what was added gives back the query, byte for byte
         assert_eq!(logql::strip_policy(&out, &pol).as_deref(), Some(q.as_str()));
+        // comments between stages are removed (a block comment leaves a space)
+        let (commented, plain) = if i % 2 == 0 {
+            (
+                q.replace(" | ", " /* \" { */ | "),
+                q.replace(" | ", "   | "),
+            )
+        } else {
+            (q.replace(" | ", " # \" {\n| "), q.replace(" | ", " \n| "))
+        };
+        let out = logql::rewrite(&commented, &pol, &limits)
+            .unwrap_or_else(|e| panic!("{commented}: {e:?}"));
+        assert_eq!(logql::strip_policy(&out, &pol), Some(plain), "{commented}");
+        assert_eq!(logql::stream_selectors(&out).unwrap().len(), sels.len());
     }
 }

@@ -523,6 +523,10 @@ pub fn check_regex(v: &[u8], usage: ReUse) -> Result<Hir, String> {
 /// not start a repeat count (`{n}`, `{n,}`, `{n,m}`), and inside a class a `[` that does not
 /// start `[:name:]` and the set operators `&&`, `~~`, `--`.
 fn go_literals(p: &str) -> Cow<'_, str> {
+    if p.contains("(?)") {
+        // Go reads `(?)` as setting no flags
+        return Cow::Owned(go_literals(&p.replace("(?)", "")).into_owned());
+    }
     if !p.contains(['{', '[']) {
         return Cow::Borrowed(p);
     }

@@ -227,9 +227,95 @@ fn keyword(w: &str) -> Option<T> {
     })
 }
 
-/// The word lowered as Go's `strings.ToLower` would, if the result can be a keyword (ASCII).
-fn keyword_lower(w: &str) -> Option<String> {
-    w.chars().map(lower_for_keyword).collect()
+#[derive(Clone, Copy)]
+enum Word {
+    Function(T),
+    Keyword(T),
+}
+
+/// [`function_word`] (first, as Loki looks them up) or [`keyword`] for a lowered word.
+fn lookup(w: &[u8]) -> Option<Word> {
+    // a cheap first cut by the first byte: almost every word of a query is neither
+    let candidates: &[&str] = match *w.first()? {
+        b'a' => &[
+            "and",
+            "avg",
+            "avg_over_time",
+            "absent_over_time",
+            "approx_topk",
+        ],
+        b'b' => &[
+            "by",
+            "bool",
+            "bytes",
+            "bytes_rate",
+            "bytes_over_time",
+            "bottomk",
+        ],
+        b'c' => &["count", "count_over_time"],
+        b'd' => &["decolorize", "drop", "duration", "duration_seconds"],
+        b'f' => &["first_over_time"],
+        b'g' => &["group_left", "group_right"],
+        b'i' => &["ignoring", "ip"],
+        b'j' => &["json"],
+        b'k' => &["keep"],
+        b'l' => &[
+            "logfmt",
+            "label_format",
+            "line_format",
+            "label_replace",
+            "last_over_time",
+        ],
+        b'm' => &["max", "min", "max_over_time", "min_over_time"],
+        b'o' => &["or", "on", "offset"],
+        b'p' => &["pattern"],
+        b'q' => &["quantile_over_time"],
+        b'r' => &["rate", "rate_counter", "regexp"],
+        b's' => &[
+            "sum",
+            "sort",
+            "sort_desc",
+            "stddev",
+            "stdvar",
+            "sum_over_time",
+            "stddev_over_time",
+            "stdvar_over_time",
+        ],
+        b't' => &["topk"],
+        b'u' => &["unless", "unpack", "unwrap"],
+        b'v' => &["vector"],
+        b'w' => &["without"],
+        c if c.is_ascii_punctuation() && w.len() == 1 => {
+            let k = std::str::from_utf8(w).ok()?;
+            return keyword(k).map(Word::Keyword);
+        }
+        _ => return None,
+    };
+    let k = *candidates.iter().find(|c| c.as_bytes() == w)?;
+    match function_word(k) {
+        Some(t) => Some(Word::Function(t)),
+        None => keyword(k).map(Word::Keyword),
+    }
+}
+
+/// The word lowered as Go's `strings.ToLower` would, into `buf`, if the result can be a
+/// keyword (ASCII, at most 20 characters).
+fn keyword_lower<'b>(w: &str, buf: &'b mut [u8; 20]) -> Option<&'b [u8]> {
+    let mut n = 0;
+    if w.is_ascii() {
+        let b = w.as_bytes();
+        let dst = buf.get_mut(..b.len())?;
+        for (d, c) in dst.iter_mut().zip(b) {
+            *d = c.to_ascii_lowercase();
+        }
+        return Some(&buf[..b.len()]);
+    }
+    for c in w.chars() {
+        let l = lower_for_keyword(c)?;
+        *buf.get_mut(n)? = l as u8;
+        n += 1;
+    }
+    Some(&buf[..n])
 }
 
 struct Lexer<'a> {
@@ -248,7 +334,11 @@ fn is_bytes_rune(c: char) -> bool {
 
 impl Lexer<'_> {
     fn ch(&self, i: usize) -> Option<char> {
-        self.src.get(i..).and_then(|s| s.chars().next())
+        match self.b.get(i) {
+            Some(&c) if c < 0x80 => Some(c as char),
+            Some(_) => self.src.get(i..).and_then(|s| s.chars().next()),
+            None => None,
+        }
     }
 
     /// Go's `tryScanDuration`/`tryScanBytes` run: the characters after `i` up to a space that
@@ -323,6 +413,7 @@ impl Lexer<'_> {
                 None | Some(b'\n') => return Err("literal not terminated".into()),
                 Some(&c) if c == quote => return Ok((j + 1, n)),
                 Some(b'\\') => j = self.escape(j + 1, quote)?,
+                Some(&c) if c < 0x80 => j += 1,
                 Some(_) => j += self.ch(j).map_or(1, char::len_utf8),
             }
             n += 1;
@@ -552,27 +643,32 @@ impl Lexer<'_> {
     /// The rest of Loki's `Lex` for a word or a one-character token at `start..end`.
     fn word(&mut self, start: usize, end: usize) -> Tok {
         let text = &self.src[start..end];
-        // no keyword is longer than 18 characters, each at most 3 bytes
-        let lower = if text.len() <= 54 {
-            keyword_lower(text)
+        let mut buf = [0u8; 20];
+        // a keyword is one punctuation character, or 2 to 18 letters and `_` (up to 3 bytes
+        // each: U+212A lowers to `k`)
+        let lower = if (2..=54).contains(&text.len()) || !text.as_bytes()[0].is_ascii_alphabetic() {
+            keyword_lower(text, &mut buf)
         } else {
             None
         };
         let tok = |t, end| Tok { t, start, end };
-        if let Some(t) = lower.as_deref().and_then(function_word) {
+        let word = lower.and_then(lookup);
+        if let Some(Word::Function(t)) = word {
             return tok(if self.is_function(end) { t } else { T::Ident }, end);
         }
         // two-character operators (`tokenNext`); a word never combines with what follows it
-        if let (Some(l), Some(p)) = (lower.as_deref().filter(|_| end - start == 1), self.ch(end))
-            && let Some(pl) = lower_for_keyword(p)
-            && let Some(t) = keyword(&format!("{l}{pl}"))
+        if end - start == 1
+            && let Some(&p) = self.b.get(end)
+            && p.is_ascii_punctuation()
+            && let Ok(two) = std::str::from_utf8(&[self.b[start], p])
+            && let Some(t) = keyword(two)
         {
-            self.i = end + p.len_utf8();
+            self.i = end + 1;
             return tok(t, self.i);
         }
-        match lower.as_deref().and_then(keyword) {
-            Some(t) => tok(t, end),
-            None => tok(T::Ident, end),
+        match word {
+            Some(Word::Keyword(t)) => tok(t, end),
+            _ => tok(T::Ident, end),
         }
     }
 }
