@@ -110,11 +110,31 @@ pub enum T {
     Ip,
 }
 
+/// A token: 12 bytes, as a 16 MiB query has millions.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Tok {
     pub t: T,
-    pub start: usize,
-    pub end: usize,
+    start: u32,
+    end: u32,
+}
+
+impl Tok {
+    pub fn new(t: T, start: usize, end: usize) -> Tok {
+        // lex() refuses texts of 4 GiB or more
+        Tok {
+            t,
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    pub fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    pub fn end(&self) -> usize {
+        self.end as usize
+    }
 }
 
 /// A comment: `#…` and `//…` up to (not including) the newline, `/*…*/` whole.
@@ -285,10 +305,6 @@ fn lookup(w: &[u8]) -> Option<Word> {
         b'u' => &["unless", "unpack", "unwrap"],
         b'v' => &["vector"],
         b'w' => &["without"],
-        c if c.is_ascii_punctuation() && w.len() == 1 => {
-            let k = std::str::from_utf8(w).ok()?;
-            return keyword(k).map(Word::Keyword);
-        }
         _ => return None,
     };
     let k = *candidates.iter().find(|c| c.as_bytes() == w)?;
@@ -296,6 +312,49 @@ fn lookup(w: &[u8]) -> Option<Word> {
         Some(t) => Some(Word::Function(t)),
         None => keyword(k).map(Word::Keyword),
     }
+}
+
+/// An ASCII character that is neither a letter, a digit nor a quote, and what follows it:
+/// Loki's two-character operators (`tokenNext`), its one-character ones, else an identifier
+/// made of the character. Returns the token and its length.
+fn punct(c: u8, next: u8) -> (T, usize) {
+    let two = match (c, next) {
+        (b'!', b'=') => Some(T::Neq),
+        (b'=', b'~') => Some(T::Re),
+        (b'!', b'~') => Some(T::Nre),
+        (b'!', b'>') => Some(T::Npa),
+        (b'|', b'=') => Some(T::PipeExact),
+        (b'|', b'~') => Some(T::PipeMatch),
+        (b'|', b'>') => Some(T::PipePattern),
+        (b'=', b'=') => Some(T::CmpEq),
+        (b'>', b'=') => Some(T::Gte),
+        (b'<', b'=') => Some(T::Lte),
+        _ => None,
+    };
+    if let Some(t) = two {
+        return (t, 2);
+    }
+    let one = match c {
+        b',' => T::Comma,
+        b'.' => T::Dot,
+        b'{' => T::LBrace,
+        b'}' => T::RBrace,
+        b'=' => T::Eq,
+        b'|' => T::Pipe,
+        b'(' => T::LParen,
+        b')' => T::RParen,
+        b']' => T::RBracket,
+        b'+' => T::Add,
+        b'-' => T::Sub,
+        b'*' => T::Mul,
+        b'/' => T::Div,
+        b'%' => T::Mod,
+        b'^' => T::Pow,
+        b'>' => T::Gt,
+        b'<' => T::Lt,
+        _ => T::Ident,
+    };
+    (one, 1)
 }
 
 /// The word lowered as Go's `strings.ToLower` would, into `buf`, if the result can be a
@@ -551,7 +610,7 @@ impl Lexer<'_> {
             }
         }
         let start = self.i;
-        let tok = |t, end| Tok { t, start, end };
+        let tok = |t, end| Tok::new(t, start, end);
         let Some(c) = self.ch(start) else {
             return Ok(tok(T::Eof, start));
         };
@@ -630,8 +689,14 @@ impl Lexer<'_> {
                     self.i = run;
                     return Ok(tok(T::Duration, run));
                 }
-                self.i = next;
-                Ok(self.word(start, next))
+                let (t, len) = punct(b'-', self.b.get(next).copied().unwrap_or(0));
+                self.i = start + len;
+                Ok(tok(t, self.i))
+            }
+            c if c.is_ascii() => {
+                let (t, len) = punct(c as u8, self.b.get(next).copied().unwrap_or(0));
+                self.i = start + len;
+                Ok(tok(t, self.i))
             }
             _ => {
                 self.i = next;
@@ -640,7 +705,7 @@ impl Lexer<'_> {
         }
     }
 
-    /// The rest of Loki's `Lex` for a word or a one-character token at `start..end`.
+    /// The rest of Loki's `Lex` for a word, or a non-ASCII character that is no token.
     fn word(&mut self, start: usize, end: usize) -> Tok {
         let text = &self.src[start..end];
         let mut buf = [0u8; 20];
@@ -651,21 +716,12 @@ impl Lexer<'_> {
         } else {
             None
         };
-        let tok = |t, end| Tok { t, start, end };
+        let tok = |t, end| Tok::new(t, start, end);
         let word = lower.and_then(lookup);
         if let Some(Word::Function(t)) = word {
             return tok(if self.is_function(end) { t } else { T::Ident }, end);
         }
         // two-character operators (`tokenNext`); a word never combines with what follows it
-        if end - start == 1
-            && let Some(&p) = self.b.get(end)
-            && p.is_ascii_punctuation()
-            && let Ok(two) = std::str::from_utf8(&[self.b[start], p])
-            && let Some(t) = keyword(two)
-        {
-            self.i = end + 1;
-            return tok(t, self.i);
-        }
         match word {
             Some(Word::Keyword(t)) => tok(t, end),
             _ => tok(T::Ident, end),
@@ -722,6 +778,9 @@ fn find(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
 
 /// All tokens of `src`, or the lexer error that makes Loki refuse it.
 pub fn lex(src: &str) -> Result<Lexed, String> {
+    if u32::try_from(src.len()).is_err() {
+        return Err("query too long".into());
+    }
     if src.as_bytes().contains(&0) {
         return Err("invalid character NUL".into());
     }

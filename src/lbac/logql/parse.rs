@@ -135,8 +135,8 @@ impl<'a> P<'a> {
         } else {
             Error::Syntax(format!(
                 "syntax error: unexpected {:?} at byte {}",
-                &self.src[t.start..t.end.min(t.start + 40)],
-                t.start
+                &self.src[t.start()..t.end().min(t.start() + 40)],
+                t.start()
             ))
         }
     }
@@ -152,13 +152,13 @@ impl<'a> P<'a> {
     fn string(&mut self) -> Result<Cow<'a, [u8]>, Error> {
         let t = self.expect(T::Str)?;
         let src: &'a str = self.src;
-        super::golang::unquote(&src[t.start..t.end])
+        super::golang::unquote(&src[t.start()..t.end()])
             .ok_or_else(|| Error::Syntax("invalid string".into()))
     }
 
     fn text(&self, t: Tok) -> &'a str {
         let src: &'a str = self.src;
-        &src[t.start..t.end]
+        &src[t.start()..t.end()]
     }
 
     fn depth(&self, d: usize) -> Result<usize, Error> {
@@ -180,7 +180,7 @@ impl<'a> P<'a> {
         let mut selective = false;
         if self.peek() != T::RBrace {
             loop {
-                let (op, value) = self.matcher()?;
+                let (op, value) = self.matcher(self.mode == Mode::Query)?;
                 count += 1;
                 if !selective && self.mode == Mode::Query {
                     selective = match op {
@@ -208,19 +208,25 @@ impl<'a> P<'a> {
             }
             _ => {}
         }
-        self.selectors.push((open.start, close.start));
+        self.selectors.push((open.start(), close.start()));
         Ok(())
     }
 
     /// `name op "value"` (Prometheus' `labels.NewMatcher`: regexes must compile).
-    fn matcher(&mut self) -> Result<(T, Cow<'a, [u8]>), Error> {
+    fn matcher(&mut self, need_value: bool) -> Result<(T, Cow<'a, [u8]>), Error> {
         self.expect(T::Ident)?;
         let op = self.next().t;
         if !matches!(op, T::Eq | T::Neq | T::Re | T::Nre) {
             self.pos -= 1;
             return Err(self.unexpected());
         }
-        let value = self.string()?;
+        // the lexer checked the string; its value matters for regexes and validation only
+        let value = if matches!(op, T::Re | T::Nre) || need_value {
+            self.string()?
+        } else {
+            self.expect(T::Str)?;
+            Cow::Borrowed(&b""[..])
+        };
         if matches!(op, T::Re | T::Nre) {
             self.regex(&value, ReUse::Matcher)?;
         }
@@ -258,11 +264,11 @@ impl<'a> P<'a> {
                 self.expect(T::LParen)?;
                 self.string()?;
                 self.expect(T::RParen)?;
-            } else {
+            } else if regex {
                 let s = self.string()?;
-                if regex {
-                    self.regex(&s, ReUse::Line)?;
-                }
+                self.regex(&s, ReUse::Line)?;
+            } else {
+                self.expect(T::Str)?;
             }
             if self.peek() != T::Or {
                 return Ok(n);
@@ -301,7 +307,7 @@ impl<'a> P<'a> {
             }
             T::Unpack | T::Decolorize => {}
             T::LineFmt => {
-                self.string()?;
+                self.expect(T::Str)?;
             }
             T::LabelFmt => loop {
                 self.expect(T::Ident)?;
@@ -322,7 +328,7 @@ impl<'a> P<'a> {
                 self.expect(T::Ident)?;
                 if matches!(self.peek(), T::Eq | T::Neq | T::Re | T::Nre) {
                     self.pos -= 1;
-                    self.matcher()?;
+                    self.matcher(false)?;
                 }
                 if self.peek() != T::Comma {
                     break;
@@ -368,7 +374,7 @@ impl<'a> P<'a> {
         match self.peek() {
             T::Str if string_op => {
                 self.pos -= 2;
-                self.matcher()?;
+                self.matcher(false)?;
             }
             T::Ip if matches!(op, T::Eq | T::Neq) => {
                 self.next();
@@ -439,11 +445,10 @@ impl<'a> P<'a> {
                         self.next();
                     }
                     while let Some(&top) = ops.last() {
-                        let pop = match (top, op) {
-                            (LfOp::And, LfOp::And | LfOp::Or) => true,
-                            (LfOp::Or, LfOp::Or) => true,
-                            _ => false,
-                        };
+                        let pop = matches!(
+                            (top, op),
+                            (LfOp::And, LfOp::And | LfOp::Or) | (LfOp::Or, LfOp::Or)
+                        );
                         if !pop {
                             break;
                         }
