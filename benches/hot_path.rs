@@ -185,6 +185,41 @@ fn benches(c: &mut Criterion) {
     c.bench_function("lbac/promql_depth check, nested", |b| {
         b.iter(|| obsgate::lbac::promql_depth::check(black_box(nested), &limits).unwrap())
     });
+    // queries at the default length limit (128 KiB): what one worst-case first sight costs
+    let mut long_logql = String::from("sum(count_over_time({app=\"x\"}");
+    while long_logql.len() < obsgate::lbac::DEFAULT_MAX_QUERY_BYTES - 100 {
+        long_logql.push_str(" |= \"abc\" | json | x=\"y\" or n > 5");
+    }
+    long_logql.push_str(" [1m]))");
+    c.bench_function("lbac/logql_rewrite 128 KiB pipeline", |b| {
+        b.iter(|| obsgate::lbac::logql::rewrite(black_box(&long_logql), &policy, &limits).unwrap())
+    });
+    // 128 KiB of matchers in one selector: depth 1, the longest flat query
+    let mut long_promql = String::from("up{");
+    let mut i = 0;
+    while long_promql.len() < obsgate::lbac::DEFAULT_MAX_QUERY_BYTES - 100 {
+        long_promql.push_str(&format!("l{i}=\"value-{i}\", "));
+        i += 1;
+    }
+    long_promql.push('}');
+    c.bench_function("lbac/promql_rewrite 128 KiB selector", |b| {
+        b.iter(|| {
+            obsgate::lbac::promql::rewrite(black_box(&long_promql), &policy, &limits).unwrap()
+        })
+    });
+    // 128 KiB of `or`: refused by the depth check alone, without parsing
+    let mut or_chain = String::from("up");
+    while or_chain.len() < obsgate::lbac::DEFAULT_MAX_QUERY_BYTES - 100 {
+        or_chain.push_str(" or up");
+    }
+    c.bench_function(
+        "lbac/promql_rewrite 128 KiB or-chain (refused: too deep)",
+        |b| {
+            b.iter(|| {
+                obsgate::lbac::promql::rewrite(black_box(&or_chain), &policy, &limits).unwrap_err()
+            })
+        },
+    );
     for (name, q) in &logql_cases {
         c.bench_function(&format!("lbac/logql_rewrite {name}"), |b| {
             b.iter(|| obsgate::lbac::logql::rewrite(black_box(q), &policy, &limits).unwrap())

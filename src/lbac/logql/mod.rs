@@ -33,8 +33,10 @@
 //!   limits (repeat counts up to 1000, flags `imsU` only). Go and Rust differ in corners
 //!   (Rust knows more Unicode properties, names capture groups more strictly): where they do,
 //!   either the query is refused here or Loki refuses it, never a selector is missed.
-//! - `{}` and selectors whose every matcher matches the empty string (`{a=~".*"}`) are refused,
-//!   as `ParseExpr` refuses them. For the series endpoint (`ParseMatchers` without validation)
+//! - `ParseExpr` refuses `{}` and selectors whose every matcher matches the empty string
+//!   (`{a=~".*"}`). That rule is applied to the rewritten query, the one Loki reads: a
+//!   restricted user's `{}` becomes the policy selector and `{ns!="x"}` gets the policy's
+//!   selective matcher, while a policy with none (`{env!="dev"}`) leaves them refused. For the series endpoint (`ParseMatchers` without validation)
 //!   any non-empty selector is accepted, and a `match[]` that is `{}` once spaces are removed
 //!   (Loki's "no matcher" special case) becomes the policy selector.
 //! - Loki refuses queries of 128 KiB or more; here the length limit is `lbac.max_query_bytes`.
@@ -92,12 +94,35 @@ fn parse_as(text: &str, mode: Mode, limits: &QueryLimits) -> Result<Parsed, Lbac
     })
 }
 
-/// `text` without comments and with `insert` before each selector's `}`.
-fn edit(text: &str, parsed: &Parsed, insert: &str) -> String {
-    let mut out = String::with_capacity(text.len() + parsed.selectors.len() * insert.len());
+/// Whether the selector `{…}` at `(open, close)` has no matcher (only spaces and comments).
+fn is_empty_selector(text: &str, parsed: &Parsed, (open, close): (usize, usize)) -> bool {
+    let mut i = open + 1;
+    for c in parsed
+        .comments
+        .iter()
+        .filter(|c| c.start > open && c.end <= close)
+    {
+        if !text[i..c.start].trim().is_empty() {
+            return false;
+        }
+        i = c.end;
+    }
+    text[i..close].trim().is_empty()
+}
+
+/// `text` without comments and with the policy before each selector's `}` (after `, ` when the
+/// selector has matchers).
+fn edit(text: &str, parsed: &Parsed, policy: &str) -> String {
+    let with_sep = format!(", {policy}");
+    let mut out = String::with_capacity(text.len() + parsed.selectors.len() * with_sep.len());
     let mut copied = 0;
     let mut comments = parsed.comments.iter().peekable();
-    for &(_, close) in &parsed.selectors {
+    for &(open, close) in &parsed.selectors {
+        let insert = if is_empty_selector(text, parsed, (open, close)) {
+            policy
+        } else {
+            &with_sep
+        };
         while let Some(c) = comments.next_if(|c| c.start < close) {
             out.push_str(&text[copied..c.start]);
             if c.block {
@@ -121,26 +146,29 @@ fn edit(text: &str, parsed: &Parsed, insert: &str) -> String {
 }
 
 /// Rewrites, then checks the output: same number of selectors, each ending with the policy.
+///
+/// The input must parse as LogQL; Loki's rule that a selector needs a matcher that does not
+/// match the empty string (which `Mode::Query` applies) is applied to the output, the query
+/// Loki will read: a restricted user may write `{}` or `{ns!="x"}` and gets what the policy
+/// allows, unless the policy itself has no such matcher (then Loki would refuse it too).
 fn rewrite_as(
     text: &str,
     policy: &[Matcher],
     limits: &QueryLimits,
     mode: Mode,
 ) -> Result<String, LbacError> {
-    let parsed = parse_as(text, mode, limits)?;
-    let insert = format!(", {}", MatchersText(policy));
-    let out = edit(text, &parsed, &insert);
-    let faithful = match parse::parse(&out, mode, limits.max_depth) {
-        Ok(again) => {
-            again.comments.is_empty()
-                && again.selectors.len() == parsed.selectors.len()
-                && again
-                    .selectors
-                    .iter()
-                    .all(|&(open, close)| out[open + 1..close].ends_with(&insert))
-        }
-        Err(_) => false,
-    };
+    let input_mode = if mode == Mode::Query { Mode::Any } else { mode };
+    let parsed = parse_as(text, input_mode, limits)?;
+    let policy_text = MatchersText(policy).to_string();
+    let out = edit(text, &parsed, &policy_text);
+    // Loki's verdict on the query it will read
+    let again = parse_as(&out, mode, limits)?;
+    let faithful = again.comments.is_empty()
+        && again.selectors.len() == parsed.selectors.len()
+        && again
+            .selectors
+            .iter()
+            .all(|&(open, close)| out[open + 1..close].ends_with(&policy_text));
     if !faithful {
         return Err(bad("query cannot be rewritten faithfully"));
     }
