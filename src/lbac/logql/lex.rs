@@ -675,9 +675,16 @@ impl Lexer<'_> {
             }
             '-' => {
                 if self.ch(next) == Some('-') {
+                    // the run of letters and `-` must be a whole flag; a run longer than the
+                    // longest flag is none, so the look-ahead stops there (a run of `-` would
+                    // otherwise be rescanned from every `-`: quadratic)
+                    const LONGEST_FLAG: usize = "--keep-empty".len();
                     let mut j = next;
                     while let Some(c) = self.ch(j).filter(|c| is_letter(*c) || *c == '-') {
                         j += c.len_utf8();
+                        if j - start > LONGEST_FLAG {
+                            break;
+                        }
                     }
                     if matches!(&self.src[start..j], "--strict" | "--keep-empty") {
                         self.i = j;
