@@ -59,6 +59,10 @@ const LOGQL: Lang = Lang {
         ("", " // c\n"),
         ("", " # )\n"),
         ("'\"' ", ""),
+        // LogQL has no unary operator (only signed literals): runs of signs
+        ("-", ""),
+        ("- ", ""),
+        ("+", ""),
     ],
 };
 
