@@ -80,6 +80,22 @@ fn strip_position_suffix(msg: &str) -> &str {
     msg
 }
 
+/// The longest message an error body or error line carries: a message that quotes what it
+/// refuses (a 100 KiB regex, say) is cut, so no answer is larger than its question.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `s` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_MESSAGE_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &s[..end], s.len()))
+}
+
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -88,7 +104,7 @@ impl fmt::Display for FileError {
             self.file.display(),
             self.line,
             self.column,
-            self.message
+            clip(&self.message)
         )
     }
 }
@@ -151,5 +167,14 @@ mod tests {
             fe.message
         );
         assert!(fe.to_string().starts_with("x.yaml:2:1: unknown field"));
+    }
+
+    #[test]
+    fn long_messages_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let c = clip(&long);
+        assert!(c.len() < MAX_MESSAGE_BYTES + 40, "{}", c.len());
+        assert!(c.ends_with(&format!("… ({} bytes in all)", long.len())));
     }
 }

@@ -182,6 +182,7 @@ pub fn throttled_response(retry_after_secs: u64) -> Response<Body> {
 }
 
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
+    let message = crate::diag::clip(message);
     let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message})
         .to_string();
     let mut r = Response::new(full(body));
