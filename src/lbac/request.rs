@@ -248,15 +248,24 @@ impl Rewriter<'_> {
         // the length limit first: an over-long value is not even hashed into the cache
         limits.check_len("query", value)?;
         let key = format!("{lang:?}|{kind:?}|{policy_key}\u{0}{value}");
-        self.cache.get_or_insert_with(key, || match (lang, kind) {
-            (Lang::PromQL, ParamKind::Selector) => {
-                promql::rewrite_series_selector(value, policy, limits)
-            }
-            (Lang::PromQL, ParamKind::Query) => promql::rewrite(value, policy, limits),
-            (Lang::LogQL, ParamKind::Selector) => {
-                logql::rewrite_series_selector(value, policy, limits)
-            }
-            (Lang::LogQL, ParamKind::Query) => logql::rewrite(value, policy, limits),
+        self.cache.get_or_insert_with(key, || {
+            // promql-parser panics on some numbers (`x offset 1e20`: Duration::from_secs_f64);
+            // a panic here must be the client's 400, not a dropped connection
+            let run = || match (lang, kind) {
+                (Lang::PromQL, ParamKind::Selector) => {
+                    promql::rewrite_series_selector(value, policy, limits)
+                }
+                (Lang::PromQL, ParamKind::Query) => promql::rewrite(value, policy, limits),
+                (Lang::LogQL, ParamKind::Selector) => {
+                    logql::rewrite_series_selector(value, policy, limits)
+                }
+                (Lang::LogQL, ParamKind::Query) => logql::rewrite(value, policy, limits),
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                Err(LbacError::BadQuery(format!(
+                    "invalid {lang:?}: the query cannot be parsed"
+                )))
+            })
         })
     }
 }
@@ -370,15 +379,33 @@ fn policy_param(lang: Lang, policy: &[Matcher]) -> String {
     }
 }
 
+/// Whether the body is a form the backend reads, judged strictly: Go's `ParseMediaType` gives up
+/// on a malformed or repeated parameter (and the backend then ignores the body) where a lenient
+/// reading would find a form, so anything but the bare media type with at most a `charset` is
+/// refused.
 fn is_form(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
+    let mut values = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    let mut parts = v.split(';');
+    let media = parts.next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return false;
+    }
+    match (parts.next(), parts.next()) {
+        (None, _) => true,
+        (Some(p), None) => p.trim().split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset")
+                && !v.is_empty()
+                && v.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        }),
+        _ => false,
+    }
 }
 
 /// The rewritten query string and body of a restricted read. Every parameter that carries a
@@ -386,6 +413,7 @@ fn is_form(headers: &http::HeaderMap) -> bool {
 /// carrying one in both places cannot let either through unrestricted; a parameter the route is
 /// not known to read harmlessly is refused.
 pub async fn apply<B>(
+    method: &http::Method,
     headers: &mut http::HeaderMap,
     query_string: Option<&str>,
     body: B,
@@ -414,6 +442,13 @@ where
         .to_bytes();
     let new_body = if bytes.is_empty() {
         bytes
+    } else if method != http::Method::POST {
+        // Go's ParseForm reads a body only for POST, PUT and PATCH (and read routes are GET or
+        // POST): a GET's body would be rewritten here and ignored there, so the backend would
+        // see no selector at all
+        return Err(LbacError::BadQuery(format!(
+            "a label-restricted {method} request cannot carry a body; send its parameters in the query string, or POST them as a form"
+        )));
     } else if is_form(headers) {
         let (b, f) = rewrite_form(&bytes, rw, &policy_key)?;
         found |= f;
@@ -481,7 +516,19 @@ mod tests {
             limits: QueryLimits::default(),
             cache: &cache,
         };
-        let (q, b) = apply(&mut h, qs, Full::new(Bytes::from(body.to_string())), &rw).await?;
+        let method = if body.is_empty() {
+            http::Method::GET
+        } else {
+            http::Method::POST
+        };
+        let (q, b) = apply(
+            &method,
+            &mut h,
+            qs,
+            Full::new(Bytes::from(body.to_string())),
+            &rw,
+        )
+        .await?;
         Ok((
             q,
             b.map(|b| String::from_utf8(b.to_vec()).unwrap())
@@ -804,5 +851,96 @@ mod tests {
             matches!(&r, Err(LbacError::BadQuery(m)) if m.contains("lbac.max_query_depth")),
             "{r:?}"
         );
+    }
+
+    /// A GET (or HEAD) with a form body: the backend ignores the body, so a selector in it must
+    /// not count as the request's selector (the policy would never be added).
+    #[tokio::test]
+    async fn bodies_count_only_on_posts_with_a_plain_form_type() {
+        let (policy, cache) = (pol(), RewriteCache::default());
+        let (lang, t) = treatment(BackendKind::Mimir, "/prometheus/api/v1/label/{name}/values");
+        let Treatment::Rewrite(params) = t else {
+            panic!()
+        };
+        let rw = Rewriter {
+            lang,
+            params,
+            policy: &policy,
+            limits: QueryLimits::default(),
+            cache: &cache,
+        };
+        let form = |ct: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("content-type", ct.parse().unwrap());
+            h
+        };
+        for m in [http::Method::GET, http::Method::HEAD, http::Method::PUT] {
+            let mut h = form("application/x-www-form-urlencoded");
+            let r = apply(
+                &m,
+                &mut h,
+                None,
+                Full::new(Bytes::from_static(b"match%5B%5D=up")),
+                &rw,
+            )
+            .await;
+            assert!(matches!(r, Err(LbacError::BadQuery(_))), "{m}: {r:?}");
+        }
+        for ct in [
+            "application/x-www-form-urlencoded; a=1; a=2",
+            "application/x-www-form-urlencoded; charset=\"utf-8\"; x=y",
+            "application/x-www-form-urlencoded;",
+            "text/plain",
+        ] {
+            let mut h = form(ct);
+            let r = apply(
+                &http::Method::POST,
+                &mut h,
+                None,
+                Full::new(Bytes::from_static(b"match%5B%5D=up")),
+                &rw,
+            )
+            .await;
+            assert!(matches!(r, Err(LbacError::BadQuery(_))), "{ct}: {r:?}");
+        }
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded ; charset=UTF-8",
+        ] {
+            let mut h = form(ct);
+            let (q, b) = apply(
+                &http::Method::POST,
+                &mut h,
+                None,
+                Full::new(Bytes::from_static(b"match%5B%5D=up")),
+                &rw,
+            )
+            .await
+            .unwrap();
+            assert_eq!(q, None, "{ct}");
+            assert_eq!(
+                decoded(std::str::from_utf8(&b.unwrap()).unwrap(), "match[]"),
+                ["up{env=\"prod\"}"]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parser_panic_is_a_bad_query() {
+        for q in ["x offset 1e20", "x[1e400]", "x offset NaN"] {
+            let qs = format!("query={}", q.replace(' ', "+"));
+            let r = run(
+                Some(&qs),
+                "",
+                None,
+                BackendKind::Mimir,
+                "/prometheus/api/v1/query",
+            )
+            .await;
+            assert!(matches!(r, Err(LbacError::BadQuery(_))), "{q}: {r:?}");
+        }
+        let q = format!("query=a{}", "é".repeat(20));
+        let r = run(Some(&q), "", None, BackendKind::Loki, "/loki/api/v1/query").await;
+        assert!(matches!(r, Err(LbacError::BadQuery(_))), "{r:?}");
     }
 }

@@ -626,12 +626,13 @@ async fn forward(
                         limits: gw.config.lbac_limits,
                         cache: &gw.rewrite_cache,
                     };
-                    let (q, new_body) = apply(&mut parts.headers, qs.as_deref(), body, &rw)
-                        .await
-                        .map_err(|e| match cut.get() {
-                        Some(c) => cut_failure(c),
-                        None => lbac_failure(e),
-                    })?;
+                    let (q, new_body) =
+                        apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw)
+                            .await
+                            .map_err(|e| match cut.get() {
+                                Some(c) => cut_failure(c),
+                                None => lbac_failure(e),
+                            })?;
                     (q, full(new_body.unwrap_or_default()))
                 }
             }

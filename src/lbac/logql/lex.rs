@@ -6,6 +6,9 @@ use super::golang::{
     prom_duration_ok, unquote,
 };
 
+/// The longest run of digits, `.` and unit letters read as one duration or byte size.
+const MAX_UNIT_RUN: usize = 256;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum RangeFn {
     Count,
@@ -402,10 +405,16 @@ impl Lexer<'_> {
 
     /// Go's `tryScanDuration`/`tryScanBytes` run: the characters after `i` up to a space that
     /// are numbers, `.` or `unit` runes. Returns its end.
+    ///
+    /// The scan stops after [`MAX_UNIT_RUN`] bytes: otherwise a run like `.5.5.5…` would be
+    /// rescanned (and validated) after every number in it, quadratic in its length. A duration
+    /// or byte size that long is no duration obsgate accepts; what follows is then lexed as
+    /// numbers and identifiers, which the grammar refuses (no selector can hide in a run of
+    /// digits, dots and unit letters).
     fn run(&self, i: usize, unit: fn(char) -> bool) -> usize {
         let mut j = i;
         while let Some(c) = self.ch(j) {
-            if is_space(c) || !(is_number(c) || unit(c) || c == '.') {
+            if is_space(c) || !(is_number(c) || unit(c) || c == '.') || j - i > MAX_UNIT_RUN {
                 break;
             }
             j += c.len_utf8();
@@ -629,14 +638,13 @@ impl Lexer<'_> {
         if c.is_ascii_digit() || (c == '.' && self.ch(next).is_some_and(|d| d.is_ascii_digit())) {
             let end = self.number(start)?;
             self.i = end;
-            let text = &self.src[start..end];
             let run = self.run(end, is_duration_rune);
-            if run > end && loki_duration_ok(&format!("{text}{}", &self.src[end..run])) {
+            if run > end && run - end <= MAX_UNIT_RUN && loki_duration_ok(&self.src[start..run]) {
                 self.i = run;
                 return Ok(tok(T::Duration, run));
             }
             let run = self.run(end, is_bytes_rune);
-            if run > end && bytes_ok(&format!("{text}{}", &self.src[end..run])) {
+            if run > end && run - end <= MAX_UNIT_RUN && bytes_ok(&self.src[start..run]) {
                 self.i = run;
                 return Ok(tok(T::Bytes, run));
             }
@@ -692,7 +700,10 @@ impl Lexer<'_> {
                     }
                 }
                 let run = self.run(next, is_duration_rune);
-                if run > next && loki_duration_ok(&self.src[start..run]) {
+                if run > next
+                    && run - next <= MAX_UNIT_RUN
+                    && loki_duration_ok(&self.src[start..run])
+                {
                     self.i = run;
                     return Ok(tok(T::Duration, run));
                 }

@@ -133,9 +133,14 @@ impl<'a> P<'a> {
         if t.t == T::Eof {
             Error::Syntax("syntax error: unexpected end of query".into())
         } else {
+            // at most 40 bytes of the token, cut at a character boundary
+            let mut end = t.end().min(t.start() + 40);
+            while !self.src.is_char_boundary(end) {
+                end -= 1;
+            }
             Error::Syntax(format!(
                 "syntax error: unexpected {:?} at byte {}",
-                &self.src[t.start()..t.end().min(t.start() + 40)],
+                &self.src[t.start()..end],
                 t.start()
             ))
         }

@@ -656,3 +656,17 @@ fn differential_dump() {
     }
     std::fs::write(output, out).unwrap();
 }
+
+/// Runs of digits, dots and unit letters were rescanned and revalidated after every number in
+/// them (quadratic: 128 KiB took 47 s); the look-ahead is now bounded. Without the bound this
+/// test runs for minutes in a debug build.
+#[test]
+fn runs_of_numbers_and_units_are_lexed_in_linear_time() {
+    for unit in [".5", "1.", "1h.", "5m", "1KiB.", "-1"] {
+        let q = format!("{{a=\"b\"}} | x > {}", unit.repeat(64 * 1024 / unit.len()));
+        assert!(refused(&q), "{unit}");
+    }
+    // a duration or byte size of ordinary length is still one
+    assert!(!refused(r#"{a="b"} | x > 1h30m15s100ms"#));
+    assert!(!refused(r#"{a="b"} | x > 1.5KiB"#));
+}
