@@ -250,6 +250,7 @@ pub fn rewrite(query: &str, policy: &[Matcher], limits: &QueryLimits) -> Result<
         ..*limits
     };
     super::promql_depth::check(query, &unlimited_len)?;
+    super::promql_depth::check_regexes(query)?;
     let mut expr =
         parser::parse(query).map_err(|e| LbacError::BadQuery(format!("invalid PromQL: {e}")))?;
     let pm: Vec<PMatcher> = policy

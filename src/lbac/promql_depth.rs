@@ -512,6 +512,110 @@ fn token_bound(query: &str) -> usize {
     n
 }
 
+/// The most regex matchers (`=~`, `!~`) one PromQL query may have.
+pub const MAX_REGEX_MATCHERS: usize = 64;
+/// The largest compiled program one of them may need (the `regex` crate's `size_limit`; its
+/// default is 10 MiB). promql-parser compiles every regex matcher, twice per rewrite, and the
+/// cost of compiling grows with this size: `\w{200}` (15 bytes of text, Unicode classes)
+/// takes a third of a second at the default limit.
+pub const MAX_REGEX_PROGRAM_BYTES: usize = 1 << 20;
+
+/// Refuses regex matchers that would cost too much to compile, before promql-parser compiles
+/// them without a budget: more than [`MAX_REGEX_MATCHERS`], or one whose compiled program is
+/// over [`MAX_REGEX_PROGRAM_BYTES`] (our own compile stops at that size, so this check's cost
+/// is bounded too). The literals are found as the lexer finds them: the string after `=~` or
+/// `!~`, outside strings and `#` comments.
+pub fn check_regexes(query: &str) -> Result<(), LbacError> {
+    let b = query.as_bytes();
+    let mut found = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+                    i += 1;
+                }
+            }
+            b'"' | b'\'' | b'`' => {
+                let q = b[i];
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'=' | b'!' if b.get(i + 1) == Some(&b'~') => {
+                i += 2;
+                while i < b.len() && b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                let Some(&q @ (b'"' | b'\'' | b'`')) = b.get(i) else {
+                    continue;
+                };
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                found += 1;
+                if found > MAX_REGEX_MATCHERS {
+                    return Err(LbacError::BadQuery(format!(
+                        "the query has more than {MAX_REGEX_MATCHERS} regex matchers"
+                    )));
+                }
+                let Some(lit) = query.get(start..i.min(b.len())) else {
+                    continue;
+                };
+                // a single-quoted literal as the double-quoted one of the same value
+                let requoted;
+                let lit = if q == b'\'' && lit.len() >= 2 {
+                    let mut t = String::with_capacity(lit.len() + 2);
+                    t.push('"');
+                    let mut chars = lit[1..lit.len() - 1].chars();
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '\\' => match chars.next() {
+                                Some('\'') => t.push('\''),
+                                Some(n) => {
+                                    t.push('\\');
+                                    t.push(n);
+                                }
+                                None => t.push('\\'),
+                            },
+                            '"' => t.push_str("\\\""),
+                            c => t.push(c),
+                        }
+                    }
+                    t.push('"');
+                    requoted = t;
+                    requoted.as_str()
+                } else {
+                    lit
+                };
+                // what does not unquote is left to the parser to refuse
+                let Some(value) = super::logql::golang::unquote(lit) else {
+                    continue;
+                };
+                let Ok(value) = std::str::from_utf8(&value) else {
+                    continue;
+                };
+                if let Err(regex::Error::CompiledTooBig(_)) =
+                    regex::RegexBuilder::new(&format!("^(?:{value})$"))
+                        .size_limit(MAX_REGEX_PROGRAM_BYTES)
+                        .build()
+                {
+                    return Err(LbacError::BadQuery(format!(
+                        "a regex matcher of the query is too complex (its compiled form is over {MAX_REGEX_PROGRAM_BYTES} bytes)"
+                    )));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
 /// Checks `query` against `limits` (length, then depth). Returns the depth the scanner measured,
 /// or `None` when it could not follow a malformed query that is still small enough to hand to
 /// the parser for its error message.
@@ -656,5 +760,24 @@ mod tests {
         }
         // a small malformed query is left to the parser for its message
         assert_eq!(check("sum(", &limits).unwrap(), None);
+    }
+
+    #[test]
+    fn costly_or_numerous_regexes_are_refused_before_parsing() {
+        assert!(check_regexes(r#"up{a=~"a.+", b!~'c|d', c=`x`} # =~ "((("#).is_ok());
+        let e = check_regexes(r#"up{a=~"\\w{200}"}"#).unwrap_err();
+        assert!(
+            matches!(&e, LbacError::BadQuery(m) if m.contains("too complex")),
+            "{e:?}"
+        );
+        let many = (0..=MAX_REGEX_MATCHERS)
+            .map(|i| format!("l{i}=~\"a\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e = check_regexes(&format!("up{{{many}}}")).unwrap_err();
+        assert!(
+            matches!(&e, LbacError::BadQuery(m) if m.contains("regex matchers")),
+            "{e:?}"
+        );
     }
 }

@@ -73,7 +73,7 @@
 //! otherwise the query is refused ("cannot be rewritten faithfully", e.g. a policy label named
 //! like a LogQL keyword).
 
-mod golang;
+pub(crate) mod golang;
 mod lex;
 mod parse;
 #[cfg(test)]
