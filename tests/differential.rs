@@ -1280,6 +1280,25 @@ fn rewrite_agrees_with_lezer_grammars() {
                     }
                     let output_ok = r["output_ok"].as_bool().unwrap_or(false);
                     let unrestricted = r["unrestricted"].as_array().cloned().unwrap_or_default();
+                    // lezer must find at least the selectors obsgate restricted: otherwise the
+                    // check above could pass by finding none (a renamed node, say)
+                    let ours = match lang {
+                        Lang::PromQL => promql_parser::parser::parse(output)
+                            .map(|e| obsgate::lbac::promql::selectors(&e).len())
+                            .unwrap_or(0),
+                        Lang::LogQL => obsgate::lbac::logql::stream_selectors(output)
+                            .map(|v| v.len())
+                            .unwrap_or(0),
+                    };
+                    let found = r["selectors"].as_u64().unwrap_or(0) as usize;
+                    if output_ok && found < ours {
+                        violations.push(format!(
+                            "[{}] query {:?}\n      output {:?}\n      lezer found {found} selectors, obsgate restricted {ours}",
+                            lang.name(),
+                            c.query,
+                            output
+                        ));
+                    }
                     if !output_ok || !unrestricted.is_empty() {
                         violations.push(format!(
                             "[{}] policy {} query {:?}\n      output {:?}\n      {}",
