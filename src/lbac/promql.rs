@@ -193,18 +193,8 @@ pub fn raw_strings_as_quoted(query: &str) -> std::borrow::Cow<'_, str> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'#' => {
-                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
-                    i += 1;
-                }
-            }
-            q @ (b'"' | b'\'') => {
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
+            b'#' => i = super::promql_depth::comment_end(b, i),
+            b'"' | b'\'' => i = super::promql_depth::quoted_end(b, i),
             b'`' => {
                 let Some(len) = query[i + 1..].find('`') else {
                     // unterminated: left for the parser to refuse

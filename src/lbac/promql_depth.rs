@@ -525,25 +525,33 @@ pub const MAX_REGEX_PROGRAM_BYTES: usize = 1 << 20;
 /// over [`MAX_REGEX_PROGRAM_BYTES`] (our own compile stops at that size, so this check's cost
 /// is bounded too). The literals are found as the lexer finds them: the string after `=~` or
 /// `!~`, outside strings and `#` comments.
+/// The end of a `#` comment starting at `i` (Prometheus's lexer ends it at `\n` or `\r`).
+pub(crate) fn comment_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// The index after a string whose opening quote is at `i`, `\` escaping the next byte (as
+/// promql-parser's lexer reads all three quotes); past the end if it is unterminated.
+pub(crate) fn quoted_end(b: &[u8], i: usize) -> usize {
+    let q = b[i];
+    let mut j = i + 1;
+    while j < b.len() && b[j] != q {
+        j += if b[j] == b'\\' { 2 } else { 1 };
+    }
+    j + 1
+}
+
 pub fn check_regexes(query: &str) -> Result<(), LbacError> {
     let b = query.as_bytes();
     let mut found = 0;
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'#' => {
-                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
-                    i += 1;
-                }
-            }
-            b'"' | b'\'' | b'`' => {
-                let q = b[i];
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
+            b'#' => i = comment_end(b, i),
+            b'"' | b'\'' | b'`' => i = quoted_end(b, i),
             b'=' | b'!' if b.get(i + 1) == Some(&b'~') => {
                 i += 2;
                 while i < b.len() && b[i].is_ascii_whitespace() {
@@ -553,11 +561,7 @@ pub fn check_regexes(query: &str) -> Result<(), LbacError> {
                     continue;
                 };
                 let start = i;
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
+                i = quoted_end(b, i);
                 found += 1;
                 if found > MAX_REGEX_MATCHERS {
                     return Err(LbacError::BadQuery(format!(
