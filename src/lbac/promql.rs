@@ -46,29 +46,11 @@ fn restrict_selector(vs: &mut VectorSelector, policy: &[PMatcher]) {
 
 /// Calls `f` on every vector selector of the tree (matrix selectors included).
 fn for_each_selector(e: &mut Expr, f: &mut impl FnMut(&mut VectorSelector)) {
-    match e {
+    for_each_node(e, &mut |n| match n {
         Expr::VectorSelector(vs) => f(vs),
         Expr::MatrixSelector(ms) => f(&mut ms.vs),
-        Expr::Aggregate(a) => {
-            for_each_selector(&mut a.expr, f);
-            if let Some(p) = a.param.as_mut() {
-                for_each_selector(p, f);
-            }
-        }
-        Expr::Unary(u) => for_each_selector(&mut u.expr, f),
-        Expr::Binary(b) => {
-            for_each_selector(&mut b.lhs, f);
-            for_each_selector(&mut b.rhs, f);
-        }
-        Expr::Paren(p) => for_each_selector(&mut p.expr, f),
-        Expr::Subquery(s) => for_each_selector(&mut s.expr, f),
-        Expr::Call(c) => {
-            for a in c.args.args.iter_mut() {
-                for_each_selector(a, f);
-            }
-        }
-        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
-    }
+        _ => {}
+    });
 }
 
 /// Calls `f` on every node of the tree, children first.
@@ -232,17 +214,47 @@ pub fn raw_strings_as_quoted(query: &str) -> std::borrow::Cow<'_, str> {
 /// Parses `query`, restricts every selector, prints the result. Unparsable → `BadQuery`; longer
 /// or deeper than `limits` → `BadQuery` naming the limit, before anything recurses over it.
 pub fn rewrite(query: &str, policy: &[Matcher], limits: &QueryLimits) -> Result<String, LbacError> {
-    limits.check_len("query", query)?;
-    let query = raw_strings_as_quoted(query);
-    let query = query.as_ref();
+    rewrite_as(query, policy, limits, false)
+}
+
+/// A series selector (`match[]`) is a PromQL vector selector; it must stay one.
+pub fn rewrite_series_selector(
+    sel: &str,
+    policy: &[Matcher],
+    limits: &QueryLimits,
+) -> Result<String, LbacError> {
+    rewrite_as(sel, policy, limits, true)
+}
+
+/// The checks, parse, rewrite and parse-back shared by queries and series selectors, each done
+/// once (limits, raw strings, depth, regexes, all before promql-parser sees the text).
+fn rewrite_as(
+    text: &str,
+    policy: &[Matcher],
+    limits: &QueryLimits,
+    series: bool,
+) -> Result<String, LbacError> {
+    limits.check_len(if series { "selector" } else { "query" }, text)?;
+    let quoted = raw_strings_as_quoted(text);
+    let query = quoted.as_ref();
     let unlimited_len = QueryLimits {
         max_bytes: usize::MAX,
         ..*limits
     };
     super::promql_depth::check(query, &unlimited_len)?;
     super::promql_depth::check_regexes(query)?;
-    let mut expr =
-        parser::parse(query).map_err(|e| LbacError::BadQuery(format!("invalid PromQL: {e}")))?;
+    let mut expr = parser::parse(query).map_err(|e| {
+        LbacError::BadQuery(if series {
+            format!("invalid series selector: {e}")
+        } else {
+            format!("invalid PromQL: {e}")
+        })
+    })?;
+    if series && !matches!(expr, Expr::VectorSelector(_)) {
+        return Err(LbacError::BadQuery(format!(
+            "match[] must be a series selector, got {text:?}"
+        )));
+    }
     let pm: Vec<PMatcher> = policy
         .iter()
         .map(to_parser_matcher)
@@ -264,29 +276,6 @@ pub fn rewrite(query: &str, policy: &[Matcher], limits: &QueryLimits) -> Result<
             "query cannot be rewritten faithfully; simplify it".into(),
         ))
     }
-}
-
-/// A series selector (`match[]`) is a PromQL vector selector; it must stay one.
-pub fn rewrite_series_selector(
-    sel: &str,
-    policy: &[Matcher],
-    limits: &QueryLimits,
-) -> Result<String, LbacError> {
-    limits.check_len("selector", sel)?;
-    let quoted = raw_strings_as_quoted(sel);
-    let unlimited_len = QueryLimits {
-        max_bytes: usize::MAX,
-        ..*limits
-    };
-    super::promql_depth::check(&quoted, &unlimited_len)?;
-    let expr = parser::parse(&quoted)
-        .map_err(|e| LbacError::BadQuery(format!("invalid series selector: {e}")))?;
-    if !matches!(expr, Expr::VectorSelector(_)) {
-        return Err(LbacError::BadQuery(format!(
-            "match[] must be a series selector, got {sel:?}"
-        )));
-    }
-    rewrite(sel, policy, limits)
 }
 
 /// The `match[]` to add when a series/labels request has none: the policy. Prometheus refuses a
@@ -662,6 +651,17 @@ mod tests {
                 .iter()
                 .any(|m| m.name == "a" && m.value == r"a\.b\d"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn series_selectors_get_the_regex_budget_too() {
+        let p = pol(r#"{env="prod"}"#);
+        let e = rewrite_series_selector(r#"up{a=~"\\w{200}"}"#, &p, &QueryLimits::default())
+            .unwrap_err();
+        assert!(
+            matches!(&e, LbacError::BadQuery(m) if m.contains("too complex")),
+            "{e:?}"
         );
     }
 }
