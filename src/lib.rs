@@ -18,3 +18,4 @@ pub mod store;
 pub mod telemetry;
 pub mod throttle;
 pub mod token;
+pub mod upstream;

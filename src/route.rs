@@ -2,7 +2,7 @@
 //! forwarded. Each route names its required scope, whether label policies apply, and the path
 //! it is forwarded to.
 
-use crate::config::{BackendKind, BackendSlot, Backends};
+use crate::config::{BackendKind, BackendSlot, Backends, Component};
 use crate::policy::Scope;
 use http::Method;
 use std::borrow::Cow;
@@ -20,6 +20,27 @@ pub struct RouteMatch<'a> {
     pub upstream_path: Cow<'a, str>,
     /// Which upstream timeout and body limit apply.
     pub class: RouteClass,
+    /// The component of the backend that serves it (SPEC 11).
+    pub component: Component,
+}
+
+/// The component that serves a route of a backend kind: writes go to distributors, reads to
+/// query-frontends, rule configuration to rulers, Alertmanager routes to the alertmanager,
+/// block upload and log deletion to the compactor, Loki's tail to the queriers.
+fn component_of(kind: BackendKind, name: &str, scope: Option<Scope>) -> Component {
+    match (kind, scope) {
+        (_, Some(Scope::RulesRead | Scope::RulesWrite)) => Component::Ruler,
+        (_, Some(Scope::AlertsRead | Scope::AlertsWrite)) => Component::Alertmanager,
+        (_, Some(Scope::MetricsImport | Scope::LogsDelete)) => Component::Compactor,
+        (
+            _,
+            Some(
+                Scope::MetricsWrite | Scope::LogsWrite | Scope::TracesWrite | Scope::ProfilesWrite,
+            ),
+        ) => Component::Distributor,
+        (BackendKind::Loki, _) if name == "/loki/api/v1/tail" => Component::Querier,
+        _ => Component::QueryFrontend,
+    }
 }
 
 /// Routes grouped by how long they may take and how large their request bodies may be.
@@ -415,6 +436,7 @@ pub fn match_kind<'a>(
         label_policies,
         upstream_path,
         class: RouteClass::of(h.name, h.scope),
+        component: component_of(kind, h.name, h.scope),
     })
 }
 

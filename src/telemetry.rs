@@ -1,5 +1,6 @@
 //! Metrics (`/metrics`, names prefixed `obsgate_`) and logging setup.
 
+use crate::config::Component;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -18,8 +19,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Handles {
     /// `obsgate_auth_decisions_total{result="allow",reason="ok"}`
     pub allowed: IntCounter,
-    /// `obsgate_request_duration_seconds` by backend label (see [`Handles::backend_index`]).
-    request_duration: [Histogram; 5],
+    /// `obsgate_request_duration_seconds` by backend label (see [`Handles::backend_index`]) and
+    /// component (index of [`Component::ALL`], last = "none"), created on first use.
+    request_duration: [[OnceLock<Histogram>; COMPONENT_LABELS]; 5],
+    request_duration_vec: HistogramVec,
     /// `obsgate_upstream_duration_seconds` by backend label.
     upstream_duration: [Histogram; 4],
     /// `obsgate_requests_total` by (backend, route, code): route names are `&'static str`s of
@@ -30,12 +33,14 @@ pub struct Handles {
 type RequestCounters = HashMap<(usize, u8, u16), IntCounter, BuildHasherDefault<AddrHasher>>;
 
 const BACKEND_LABELS: [&str; 5] = ["metrics", "logs", "traces", "profiles", "none"];
+const COMPONENT_LABELS: usize = Component::ALL.len() + 1;
 
 impl Handles {
     fn new(m: &Metrics) -> Handles {
         Handles {
             allowed: m.auth_decisions.with_label_values(&["allow", "ok"]),
-            request_duration: BACKEND_LABELS.map(|b| m.request_duration.with_label_values(&[b])),
+            request_duration: Default::default(),
+            request_duration_vec: m.request_duration.clone(),
             upstream_duration: [0, 1, 2, 3]
                 .map(|i| m.upstream_duration.with_label_values(&[BACKEND_LABELS[i]])),
             requests: RwLock::new(HashMap::default()),
@@ -49,8 +54,17 @@ impl Handles {
             .unwrap_or(BACKEND_LABELS.len() - 1)
     }
 
-    pub fn request_duration(&self, backend: &str) -> &Histogram {
-        &self.request_duration[Self::backend_index(backend)]
+    /// The histogram of a backend label and component (`None`: requests no component served:
+    /// refused, unmatched, admin).
+    pub fn request_duration(&self, backend: &str, component: Option<Component>) -> &Histogram {
+        let b = Self::backend_index(backend);
+        let c = component.map_or(COMPONENT_LABELS - 1, Component::index);
+        self.request_duration[b][c].get_or_init(|| {
+            self.request_duration_vec.with_label_values(&[
+                BACKEND_LABELS[b],
+                component.map_or("none", Component::as_str),
+            ])
+        })
     }
 
     /// `None` for a label that is not a backend.
@@ -101,6 +115,18 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
+    /// `obsgate_upstream_requests_total{backend,component,endpoint,code}`
+    pub upstream_requests: IntCounterVec,
+    /// `obsgate_upstream_endpoint_healthy{backend,component,endpoint}`
+    pub endpoint_healthy: IntGaugeVec,
+    /// `obsgate_upstream_inflight{backend,component,endpoint}`
+    pub upstream_inflight: IntGaugeVec,
+    /// `obsgate_upstream_retries_total{backend,component,reason}`
+    pub upstream_retries: IntCounterVec,
+    /// `obsgate_upstream_endpoints{backend,component}`: endpoints known now (DNS changes it).
+    pub upstream_endpoints: IntGaugeVec,
+    /// `obsgate_mirror_requests_total{backend,mirror,result}`
+    pub mirror_requests: IntCounterVec,
     /// `obsgate_limit_hits_total{limit}`, resolved once.
     pub limits: Arc<LimitCounters>,
     pub connections: IntGauge,
@@ -141,10 +167,10 @@ impl Metrics {
             request_duration: reg!(HistogramVec::new(
                 HistogramOpts::new(
                     "obsgate_request_duration_seconds",
-                    "Time from request to response headers, by backend."
+                    "Time from request to response headers, by backend and the component of the route (none: no route matched)."
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend"]
+                &["backend", "component"]
             )),
             auth_decisions: reg!(IntCounterVec::new(
                 Opts::new(
@@ -201,6 +227,48 @@ impl Metrics {
             inflight: reg!(IntGauge::new(
                 "obsgate_inflight_requests",
                 "Requests being handled now."
+            )),
+            upstream_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_upstream_requests_total",
+                    "Requests sent to upstream endpoints, by backend, component, endpoint and status code (connect_error, timeout, error: no response)."
+                ),
+                &["backend", "component", "endpoint", "code"]
+            )),
+            endpoint_healthy: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "obsgate_upstream_endpoint_healthy",
+                    "1 when an upstream endpoint is healthy (active checks and connection failures), else 0."
+                ),
+                &["backend", "component", "endpoint"]
+            )),
+            upstream_inflight: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "obsgate_upstream_inflight",
+                    "Requests in flight to each upstream endpoint."
+                ),
+                &["backend", "component", "endpoint"]
+            )),
+            upstream_retries: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_upstream_retries_total",
+                    "Requests sent a second time to another endpoint, by reason (connect: nothing was sent; reset: a read lost its connection before a response)."
+                ),
+                &["backend", "component", "reason"]
+            )),
+            upstream_endpoints: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "obsgate_upstream_endpoints",
+                    "Endpoints of each component now (a dns+ URL adds one per address)."
+                ),
+                &["backend", "component"]
+            )),
+            mirror_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_mirror_requests_total",
+                    "Copies of writes sent to mirrors, by result (ok: 2xx answer, error: other answer or failure, dropped: over mirror_max_inflight or the copy could not keep up)."
+                ),
+                &["backend", "mirror", "result"]
             )),
             limits: {
                 let v = reg!(IntCounterVec::new(
@@ -352,12 +420,24 @@ mod tests {
             .as_deref(),
             Some("1")
         );
-        m.handles().request_duration("traces").observe(0.001);
+        m.handles()
+            .request_duration("traces", Some(Component::QueryFrontend))
+            .observe(0.001);
+        m.handles().request_duration("none", None).observe(0.001);
         assert_eq!(
             value(
                 &m,
                 "obsgate_request_duration_seconds_count",
-                r#"backend="traces""#
+                r#"backend="traces",component="query_frontend""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &m,
+                "obsgate_request_duration_seconds_count",
+                r#"backend="none",component="none""#
             )
             .as_deref(),
             Some("1")

@@ -147,3 +147,41 @@ impl HttpBody for LimitedBody {
         self.inner.size_hint()
     }
 }
+
+/// A response body that holds its endpoint's in-flight count until it has been sent (or the
+/// client went away).
+struct Guarded {
+    inner: Incoming,
+    _guard: crate::upstream::InflightGuard,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pub fn guarded(inner: Incoming, guard: crate::upstream::InflightGuard) -> super::Body {
+    use http_body_util::BodyExt;
+    Guarded {
+        inner,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}

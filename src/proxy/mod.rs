@@ -4,7 +4,6 @@
 //! headers → header hygiene → forward (streaming, upgrades, trailers) → metrics and audit.
 
 pub mod body;
-pub mod client;
 pub mod guard;
 pub mod headers;
 pub mod server;
@@ -46,7 +45,7 @@ pub struct Gateway {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    upstreams: [Option<client::Upstream>; 4],
+    pub upstreams: crate::upstream::Upstreams,
     pub ready: AtomicBool,
     /// The admin API's state (`None` in tests that build a gateway without one).
     pub admin: Option<crate::admin::Admin>,
@@ -55,25 +54,13 @@ pub struct Gateway {
     pub throttle: Option<crate::throttle::AuthThrottle>,
 }
 
-fn slot_index(s: BackendSlot) -> usize {
-    match s {
-        BackendSlot::Metrics => 0,
-        BackendSlot::Logs => 1,
-        BackendSlot::Traces => 2,
-        BackendSlot::Profiles => 3,
-    }
-}
-
 impl Gateway {
     pub fn new(
         config: Arc<Config>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
-        let mut upstreams: [Option<client::Upstream>; 4] = [None, None, None, None];
-        for b in config.backends.iter() {
-            upstreams[slot_index(b.slot)] = Some(client::Upstream::new(b)?);
-        }
+        let upstreams = crate::upstream::Upstreams::new(&config, &metrics)?;
         let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle);
         Ok(Gateway {
             config,
@@ -85,10 +72,6 @@ impl Gateway {
             throttle,
             rewrite_cache: crate::lbac::RewriteCache::default(),
         })
-    }
-
-    fn upstream(&self, s: BackendSlot) -> Option<&client::Upstream> {
-        self.upstreams[slot_index(s)].as_ref()
     }
 }
 
@@ -301,18 +284,18 @@ pub async fn handle(
     gw.metrics.inflight.inc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (slot_label, route_label, resp) =
+    let (slot_label, route_label, component, resp) =
         match route::match_route(&gw.config.backends, only, &method, &path) {
             None => {
                 let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
-                ("none", "unmatched", r)
+                ("none", "unmatched", None, r)
             }
             Some(route) => {
                 let slot = route.slot;
                 let name = route.name;
+                let component = route.component;
                 let mut audit = AuditCtx::default();
-                let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit, start).await
-                {
+                let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit).await {
                     Ok(r) => r,
                     Err(f) => {
                         if let (Failure::Unauthorized { .. }, Some(t), Some(ip)) =
@@ -324,7 +307,7 @@ pub async fn handle(
                         f.into_response()
                     }
                 };
-                (slot.as_str(), name, r)
+                (slot.as_str(), name, Some(component), r)
             }
         };
     let code = resp.status();
@@ -332,7 +315,7 @@ pub async fn handle(
         .count_request(slot_label, route_label, code.as_u16());
     gw.metrics
         .handles()
-        .request_duration(slot_label)
+        .request_duration(slot_label, component)
         .observe(start.elapsed().as_secs_f64());
     gw.metrics.inflight.dec();
     resp
@@ -419,83 +402,361 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> Failure {
     }
 }
 
-async fn authorize_and_forward(
+/// Phases 3 and 4: authenticate the token, decide with the policy, choose how its label
+/// policies are enforced. Returns the tenant header value and the enforcement.
+fn authorize(
     gw: &Gateway,
-    route: RouteMatch<'_>,
-    conn: &Conn,
-    req: Request<Incoming>,
+    route: &RouteMatch<'_>,
+    client_ip: IpAddr,
+    headers: &http::HeaderMap,
     audit: &mut AuditCtx,
-    start: Instant,
-) -> Result<Response<Body>, Failure> {
-    let peer = conn.peer;
-    let client_ip: IpAddr = auth::client_ip(
-        peer.ip(),
-        req.headers(),
-        &gw.config.client_ip.trusted_proxies,
-    );
-    audit.client_ip = Some(client_ip);
+) -> Result<(String, Enforcement), Failure> {
     // a client past its failed-authentication allowance: 429 before any work on its token
     if let Some(t) = &gw.throttle
         && let Err(secs) = t.check(client_ip)
     {
         return Err(Failure::Throttled(secs));
     }
-    let (org_id, enforcement) = {
-        let creds = auth::credentials(req.headers())
-            .map_err(|e| unauthorized(e.reason(), e.to_string()))?;
-        // A token whose hash is in the store is one that was issued: its shape was checked
-        // then. Only an unknown token is parsed, to tell "malformed" from "invalid".
-        let hash = TokenHash::of(&creds.token);
-        let snap = gw.store.snapshot();
-        let Some(id) = gw.store.identify(&snap, &hash) else {
-            token::parse(&creds.token)
-                .map_err(|e| unauthorized("malformed_token", e.to_string()))?;
-            return Err(unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE));
-        };
-        audit.identity = Some(id.clone());
-        let org_hdr = req
-            .headers()
-            .get("x-scope-orgid")
-            .and_then(|v| v.to_str().ok());
-        let facts = RequestFacts {
-            scope: route.scope,
-            label_policies_apply: route.label_policies,
-            client_ip,
-            tenant_from_credentials: creds.tenant.as_deref(),
-            org_id_header: org_hdr,
-            now_unix: now_unix(),
-        };
-        let allow = match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
-            Ok(a) => a,
-            Err(d) => {
-                audit.tenant = creds
-                    .tenant
-                    .as_deref()
-                    .or(org_hdr)
-                    .or(id.default_tenant.as_deref())
-                    .map(str::to_string);
-                return Err(if d.status() == 401 {
-                    unauthorized(d.reason.as_str(), d.message)
-                } else {
-                    Failure::Forbidden {
-                        reason: d.reason.as_str(),
-                        message: d.message,
-                    }
-                });
-            }
-        };
-        // first/last use, as the Cloud API reports them: allowed requests only
-        id.usage.touch(facts.now_unix);
-        audit.tenant = Some(allow.org_id.clone());
-        let enforcement =
-            enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;
-        (allow.org_id, enforcement)
+    let creds = auth::credentials(headers).map_err(|e| unauthorized(e.reason(), e.to_string()))?;
+    // A token whose hash is in the store is one that was issued: its shape was checked
+    // then. Only an unknown token is parsed, to tell "malformed" from "invalid".
+    let hash = TokenHash::of(&creds.token);
+    let snap = gw.store.snapshot();
+    let Some(id) = gw.store.identify(&snap, &hash) else {
+        token::parse(&creds.token).map_err(|e| unauthorized("malformed_token", e.to_string()))?;
+        return Err(unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE));
     };
+    audit.identity = Some(id.clone());
+    let org_hdr = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok());
+    let facts = RequestFacts {
+        scope: route.scope,
+        label_policies_apply: route.label_policies,
+        client_ip,
+        tenant_from_credentials: creds.tenant.as_deref(),
+        org_id_header: org_hdr,
+        now_unix: now_unix(),
+    };
+    let allow = match policy::decide(&id, &snap.tenants, &snap.cluster, &facts) {
+        Ok(a) => a,
+        Err(d) => {
+            audit.tenant = creds
+                .tenant
+                .as_deref()
+                .or(org_hdr)
+                .or(id.default_tenant.as_deref())
+                .map(str::to_string);
+            return Err(if d.status() == 401 {
+                unauthorized(d.reason.as_str(), d.message)
+            } else {
+                Failure::Forbidden {
+                    reason: d.reason.as_str(),
+                    message: d.message,
+                }
+            });
+        }
+    };
+    // first/last use, as the Cloud API reports them: allowed requests only
+    id.usage.touch(facts.now_unix);
+    audit.tenant = Some(allow.org_id.clone());
+    let enforcement =
+        enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;
+    Ok((allow.org_id, enforcement))
+}
+
+/// The data plane for one routed request, phase by phase: authorize → prepare (limits, label
+/// enforcement, headers) → send (endpoint choice, retry, mirror) → respond.
+async fn authorize_and_forward(
+    gw: &Gateway,
+    route: RouteMatch<'_>,
+    conn: &Conn,
+    mut req: Request<Incoming>,
+    audit: &mut AuditCtx,
+) -> Result<Response<Body>, Failure> {
+    let client_ip: IpAddr = auth::client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &gw.config.client_ip.trusted_proxies,
+    );
+    audit.client_ip = Some(client_ip);
+    let (org_id, enforcement) = authorize(gw, &route, client_ip, req.headers(), audit)?;
     gw.metrics.handles().allowed.inc();
-    let upstream = gw.upstream(route.slot).ok_or_else(|| {
+    let up = gw.upstreams.get(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
-    forward(gw, upstream, &route, conn, req, &org_id, enforcement, start).await
+    let upgrade = headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let prepared = prepare(gw, up, &route, conn, req, &org_id, enforcement, upgrade).await?;
+    let sent = send(gw, up, &route, prepared).await?;
+    Ok(respond(sent, client_upgrade))
+}
+
+/// A request ready for an endpoint, and what deciding its fate later needs.
+struct Prepared {
+    out: crate::upstream::Outgoing,
+    cut: Arc<body::CutFlag>,
+    max_body: u64,
+    timeout: std::time::Duration,
+}
+
+/// Phase 5: the body's limits, label-policy enforcement (headers or a rewritten query), and
+/// the forwarded headers.
+#[allow(clippy::too_many_arguments)]
+async fn prepare(
+    gw: &Gateway,
+    up: &crate::upstream::BackendUpstream,
+    route: &RouteMatch<'_>,
+    conn: &Conn,
+    req: Request<Incoming>,
+    org_id: &str,
+    enforcement: Enforcement,
+    upgrade: bool,
+) -> Result<Prepared, Failure> {
+    let b = &up.backend;
+    let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
+    let (mut parts, body) = req.into_parts();
+    // the body's limits: refused at once when its declared length is over, cut off when it
+    // goes over or stalls while streaming (then answered 413 / 408, not as a backend failure)
+    let limits = &gw.config.limits;
+    let (max_body, timeout) = match route.class {
+        RouteClass::Read => (limits.max_read_body_bytes, b.timeout),
+        RouteClass::Write => (b.max_write_body_bytes, b.write_timeout),
+        RouteClass::Export => (b.max_write_body_bytes, b.export_timeout),
+    };
+    // hyper knows the declared length (HTTP/1 Content-Length or HTTP/2 content-length)
+    if let Some(len) = http_body::Body::size_hint(&body).exact()
+        && len > max_body
+    {
+        gw.metrics.limits.body_too_large.inc();
+        return Err(Failure::PayloadTooLarge(format!(
+            "request body of {len} bytes is over this route's limit of {max_body} bytes"
+        )));
+    }
+    let cut = Arc::new(body::CutFlag::default());
+    let body = body::LimitedBody::new(body, max_body, limits.body_read_timeout, cut.clone());
+    let mut label_values = Vec::new();
+    let (query, body): (Option<String>, Body) = match enforcement {
+        Enforcement::None => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
+        Enforcement::Headers(v) => {
+            label_values = v;
+            (parts.uri.query().map(str::to_string), body.boxed_unsync())
+        }
+        Enforcement::Rewrite(policy) => {
+            use crate::lbac::request::{Rewriter, Treatment, apply, refused, treatment};
+            let (lang, t) = treatment(b.kind, route.name);
+            match t {
+                Treatment::Pass => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
+                Treatment::Refuse => return Err(lbac_failure(refused(route.name))),
+                Treatment::Rewrite(params) => {
+                    let qs = parts.uri.query().map(str::to_string);
+                    let rw = Rewriter {
+                        lang,
+                        params,
+                        policy: &policy,
+                        limits: gw.config.lbac_limits,
+                        cache: &gw.rewrite_cache,
+                    };
+                    let (q, new_body) =
+                        apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw)
+                            .await
+                            .map_err(|e| match cut.get() {
+                                Some(c) => cut_failure(gw, c, max_body),
+                                None => lbac_failure(e),
+                            })?;
+                    (q, full(new_body.unwrap_or_default()))
+                }
+            }
+        }
+    };
+    let path_and_query = match query {
+        Some(q) => format!("{}?{q}", route.upstream_path),
+        None => route.upstream_path.to_string(),
+    };
+    if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(Failure::BadRequest(
+            "request path cannot be forwarded".into(),
+        ));
+    }
+    headers::clean_request(&mut parts.headers, upgrade, grpc);
+    if grpc {
+        // HTTP/2 carries the authority in the URI; a Host header would conflict with it
+        parts.headers.remove(http::header::HOST);
+    }
+    let org = HeaderValue::from_str(org_id)
+        .map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
+    parts.headers.insert(headers::X_SCOPE_ORGID, org);
+    for v in label_values {
+        parts.headers.append(headers::X_PROM_LABEL_POLICY, v);
+    }
+    headers::append_forwarded_for(&mut parts.headers, &conn.xff);
+    Ok(Prepared {
+        out: crate::upstream::Outgoing {
+            method: parts.method,
+            version: if grpc {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            },
+            headers: parts.headers,
+            path_and_query,
+            body,
+            grpc,
+            replay_cap: (route.class == RouteClass::Read)
+                .then(|| usize::try_from(max_body).unwrap_or(usize::MAX)),
+        },
+        cut,
+        max_body,
+        timeout,
+    })
+}
+
+fn cut_failure(gw: &Gateway, c: body::Cut, max_body: u64) -> Failure {
+    match c {
+        body::Cut::TooLarge => {
+            gw.metrics.limits.body_too_large.inc();
+            Failure::PayloadTooLarge(format!(
+                "request body is over this route's limit of {max_body} bytes"
+            ))
+        }
+        body::Cut::TimedOut => {
+            gw.metrics.limits.body_timeout.inc();
+            Failure::RequestTimeout(format!(
+                "request body stalled for more than {:?}",
+                gw.config.limits.body_read_timeout
+            ))
+        }
+    }
+}
+
+/// Phase 6: mirror a write, choose an endpoint of the route's component and send, retrying
+/// once where that is safe; upstream failures become 502/504.
+async fn send(
+    gw: &Gateway,
+    up: &crate::upstream::BackendUpstream,
+    route: &RouteMatch<'_>,
+    mut p: Prepared,
+) -> Result<crate::upstream::Sent, Failure> {
+    use crate::upstream::SendError;
+    let backend = up.backend.slot.as_str();
+    let component = route.component.as_str();
+    let pool = up.pool(route.component).ok_or_else(|| {
+        Failure::NotFound(format!(
+            "backend {backend} has no component {component} for this route"
+        ))
+    })?;
+    if route.class != RouteClass::Read && !up.mirrors.is_empty() {
+        let head = crate::upstream::mirror::Head {
+            method: p.out.method.clone(),
+            version: p.out.version,
+            headers: p.out.headers.clone(),
+            path_and_query: p.out.path_and_query.clone(),
+            grpc: p.out.grpc,
+        };
+        let body = std::mem::replace(&mut p.out.body, full(Bytes::new()));
+        p.out.body = crate::upstream::mirror::start(&up.mirrors, &head, body, p.timeout);
+    }
+    let t0 = Instant::now();
+    let deadline = tokio::time::Instant::now() + p.timeout;
+    let result = pool.send(p.out, deadline).await;
+    if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
+        h.observe(t0.elapsed().as_secs_f64());
+    }
+    let (kind, failure) = match result {
+        Ok(sent) => {
+            tracing::debug!(backend, component, route = route.name, endpoint = %sent.guard.endpoint().label, status = sent.response.status().as_u16(), retried = sent.retried, "forwarded");
+            return Ok(sent);
+        }
+        Err(e) => {
+            // the client's body, not the backend, ended the request
+            if let Some(c) = p.cut.get() {
+                return Err(cut_failure(gw, c, p.max_body));
+            }
+            match e {
+                SendError::Timeout => {
+                    let t = p.timeout;
+                    tracing::warn!(backend, component, route = route.name, timeout = ?t, "upstream timed out");
+                    (
+                        "timeout",
+                        Failure::GatewayTimeout(format!(
+                            "backend {backend} did not answer within {t:?}"
+                        )),
+                    )
+                }
+                SendError::Connect(msg) => {
+                    tracing::warn!(backend, component, route = route.name, kind = "connect", error = %msg, "upstream request failed");
+                    (
+                        "connect",
+                        Failure::BadGateway(format!("backend {backend} is unreachable")),
+                    )
+                }
+                SendError::NoEndpoint => {
+                    tracing::warn!(
+                        backend,
+                        component,
+                        route = route.name,
+                        "no endpoint known for this component (DNS has not resolved)"
+                    );
+                    (
+                        "connect",
+                        Failure::BadGateway(format!(
+                            "backend {backend} ({component}) has no reachable endpoint"
+                        )),
+                    )
+                }
+                SendError::Failed(msg) => {
+                    tracing::warn!(backend, component, route = route.name, kind = "other", error = %msg, "upstream request failed");
+                    (
+                        "other",
+                        Failure::BadGateway(format!("backend {backend} failed to answer")),
+                    )
+                }
+                SendError::BadRequest => {
+                    return Err(Failure::BadRequest(
+                        "request path cannot be forwarded".into(),
+                    ));
+                }
+            }
+        }
+    };
+    gw.metrics
+        .upstream_errors
+        .with_label_values(&[backend, kind])
+        .inc();
+    Err(failure)
+}
+
+/// Phase 7: the response, cleaned of hop-by-hop headers, its body counted in flight to its
+/// endpoint until sent; a 101 joins the client's and the endpoint's upgraded connections.
+fn respond(
+    sent: crate::upstream::Sent,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let crate::upstream::Sent {
+        response: mut resp,
+        guard,
+        ..
+    } = sent;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_up) = client_upgrade {
+            let upstream_up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _guard = guard;
+                match tokio::try_join!(client_up, upstream_up) {
+                    Ok((c, u)) => {
+                        let mut c = hyper_util::rt::TokioIo::new(c);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => tracing::debug!("upgrade failed: {e}"),
+                }
+            });
+        }
+        let (mut parts, _) = resp.into_parts();
+        headers::clean_response(&mut parts.headers, true);
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    headers::clean_response(&mut parts.headers, false);
+    Response::from_parts(parts, body::guarded(body, guard))
 }
 
 /// Decides how the label policies of the restricted tenants of an allowed read are enforced.
@@ -549,195 +810,5 @@ fn enforce_label_policies(
 }
 
 fn up_kind(gw: &Gateway, slot: BackendSlot) -> Option<crate::config::BackendKind> {
-    gw.upstream(slot).map(|u| u.backend.kind)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    gw: &Gateway,
-    up: &client::Upstream,
-    route: &RouteMatch<'_>,
-    conn: &Conn,
-    mut req: Request<Incoming>,
-    org_id: &str,
-    enforcement: Enforcement,
-    start: Instant,
-) -> Result<Response<Body>, Failure> {
-    let b = &up.backend;
-    let backend = b.slot.as_str();
-    let upgrade = headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
-
-    let (mut parts, body) = req.into_parts();
-    // the body's limits: refused at once when its declared length is over, cut off when it
-    // goes over or stalls while streaming (then answered 413 / 408, not as a backend failure)
-    let limits = &gw.config.limits;
-    let (max_body, timeout) = match route.class {
-        RouteClass::Read => (limits.max_read_body_bytes, b.timeout),
-        RouteClass::Write => (b.max_write_body_bytes, b.write_timeout),
-        RouteClass::Export => (b.max_write_body_bytes, b.export_timeout),
-    };
-    // hyper knows the declared length (HTTP/1 Content-Length or HTTP/2 content-length)
-    if let Some(len) = http_body::Body::size_hint(&body).exact()
-        && len > max_body
-    {
-        gw.metrics.limits.body_too_large.inc();
-        return Err(Failure::PayloadTooLarge(format!(
-            "request body of {len} bytes is over this route's limit of {max_body} bytes"
-        )));
-    }
-    let cut = Arc::new(body::CutFlag::default());
-    let body = body::LimitedBody::new(body, max_body, limits.body_read_timeout, cut.clone());
-    let cut_failure = |c: body::Cut| match c {
-        body::Cut::TooLarge => {
-            gw.metrics.limits.body_too_large.inc();
-            Failure::PayloadTooLarge(format!(
-                "request body is over this route's limit of {max_body} bytes"
-            ))
-        }
-        body::Cut::TimedOut => {
-            gw.metrics.limits.body_timeout.inc();
-            Failure::RequestTimeout(format!(
-                "request body stalled for more than {:?}",
-                limits.body_read_timeout
-            ))
-        }
-    };
-    let mut label_values = Vec::new();
-    let (query, body): (Option<String>, Body) = match enforcement {
-        Enforcement::None => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
-        Enforcement::Headers(v) => {
-            label_values = v;
-            (parts.uri.query().map(str::to_string), body.boxed_unsync())
-        }
-        Enforcement::Rewrite(policy) => {
-            use crate::lbac::request::{Rewriter, Treatment, apply, refused, treatment};
-            let (lang, t) = treatment(b.kind, route.name);
-            match t {
-                Treatment::Pass => (parts.uri.query().map(str::to_string), body.boxed_unsync()),
-                Treatment::Refuse => return Err(lbac_failure(refused(route.name))),
-                Treatment::Rewrite(params) => {
-                    let qs = parts.uri.query().map(str::to_string);
-                    let rw = Rewriter {
-                        lang,
-                        params,
-                        policy: &policy,
-                        limits: gw.config.lbac_limits,
-                        cache: &gw.rewrite_cache,
-                    };
-                    let (q, new_body) =
-                        apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw)
-                            .await
-                            .map_err(|e| match cut.get() {
-                                Some(c) => cut_failure(c),
-                                None => lbac_failure(e),
-                            })?;
-                    (q, full(new_body.unwrap_or_default()))
-                }
-            }
-        }
-    };
-    let pq = match query {
-        Some(q) => format!("{}{}?{q}", b.base_path, route.upstream_path),
-        None => format!("{}{}", b.base_path, route.upstream_path),
-    };
-    let uri = http::Uri::builder()
-        .scheme(b.scheme.clone())
-        .authority(b.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| Failure::BadRequest("request path cannot be forwarded".into()))?;
-
-    parts.uri = uri;
-    parts.version = if grpc {
-        http::Version::HTTP_2
-    } else {
-        http::Version::HTTP_11
-    };
-    headers::clean_request(&mut parts.headers, upgrade, grpc);
-    if grpc {
-        // HTTP/2 carries the authority in the URI; a Host header would conflict with it
-        parts.headers.remove(http::header::HOST);
-    }
-    let org = HeaderValue::from_str(org_id)
-        .map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
-    parts.headers.insert(headers::X_SCOPE_ORGID, org);
-    for v in label_values {
-        parts.headers.append(headers::X_PROM_LABEL_POLICY, v);
-    }
-    headers::append_forwarded_for(&mut parts.headers, &conn.xff);
-    let out = Request::from_parts(parts, body);
-
-    let client = if grpc { &up.http2 } else { &up.http1 };
-    let t0 = Instant::now();
-    let result = tokio::time::timeout(timeout, client.request(out)).await;
-    if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
-        h.observe(t0.elapsed().as_secs_f64());
-    }
-    let mut resp = match result {
-        Err(_) => {
-            gw.metrics
-                .upstream_errors
-                .with_label_values(&[backend, "timeout"])
-                .inc();
-            if let Some(c) = cut.get() {
-                return Err(cut_failure(c));
-            }
-            tracing::warn!(backend, route = route.name, ?timeout, "upstream timed out");
-            return Err(Failure::GatewayTimeout(format!(
-                "backend {backend} did not answer within {timeout:?}"
-            )));
-        }
-        Ok(Err(e)) => {
-            // the client's body, not the backend, ended the request
-            if let Some(c) = cut.get() {
-                return Err(cut_failure(c));
-            }
-            let timed_out = headers::is_timeout(&e);
-            let kind = if timed_out {
-                "timeout"
-            } else if e.is_connect() {
-                "connect"
-            } else {
-                "other"
-            };
-            gw.metrics
-                .upstream_errors
-                .with_label_values(&[backend, kind])
-                .inc();
-            tracing::warn!(backend, route = route.name, kind, error = %headers::error_chain(&e), "upstream request failed");
-            return Err(if timed_out {
-                Failure::GatewayTimeout(format!("backend {backend} timed out"))
-            } else if e.is_connect() {
-                Failure::BadGateway(format!("backend {backend} is unreachable"))
-            } else {
-                Failure::BadGateway(format!("backend {backend} failed to answer"))
-            });
-        }
-        Ok(Ok(r)) => r,
-    };
-    tracing::debug!(backend, route = route.name, status = resp.status().as_u16(), elapsed = ?start.elapsed(), "forwarded");
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_up) = client_upgrade {
-            let upstream_up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_up, upstream_up) {
-                    Ok((c, u)) => {
-                        let mut c = hyper_util::rt::TokioIo::new(c);
-                        let mut u = hyper_util::rt::TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                    }
-                    Err(e) => tracing::debug!("upgrade failed: {e}"),
-                }
-            });
-        }
-        let (mut parts, _) = resp.into_parts();
-        headers::clean_response(&mut parts.headers, true);
-        return Ok(Response::from_parts(parts, full(Bytes::new())));
-    }
-    let (mut parts, body) = resp.into_parts();
-    headers::clean_response(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, incoming(body)))
+    gw.upstreams.get(slot).map(|u| u.backend.kind)
 }

@@ -24,6 +24,8 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     shutdown: tokio_watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// DNS refresh and health check loops: stopped at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -49,6 +51,9 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        for t in &self.background {
+            t.abort();
+        }
         for t in self.tasks {
             let _ = t.await;
         }
@@ -68,8 +73,20 @@ pub enum StartError {
     Setup(String),
 }
 
+/// What a caller may change about how the gateway runs (tests hand in a DNS resolver).
+#[derive(Default)]
+pub struct StartOptions {
+    /// Resolves `dns+` backend URLs; `None`: the system resolver.
+    pub resolver: Option<Arc<dyn crate::upstream::Resolve>>,
+}
+
 /// Loads the policy files, binds every listener and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, StartOptions::default()).await
+}
+
+/// [`start`], with [`StartOptions`].
+pub async fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let paths = config.store.policy_files.clone();
@@ -160,12 +177,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loaded,
         rx.clone(),
     )));
+    // dns+ URLs resolved once before the gateway says it is ready; then refreshed, and every
+    // component with several endpoints checked, in the background
+    let resolver = options
+        .resolver
+        .unwrap_or_else(|| Arc::new(crate::upstream::SystemResolver));
+    let dns_refresh = {
+        let c = config.clone();
+        move |slot| {
+            c.backends
+                .get(slot)
+                .map(|b| b.topology.dns_refresh)
+                .unwrap_or(crate::config::upstream::DEFAULT_DNS_REFRESH)
+        }
+    };
+    let background = gateway.upstreams.start(resolver, dns_refresh).await;
     gateway.ready.store(true, Ordering::Release);
     Ok(Running {
         listeners,
         gateway,
         shutdown: tx,
         tasks,
+        background,
     })
 }
 

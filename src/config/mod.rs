@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod upstream;
+pub use upstream::{Balance, Component, HealthCheck, Mirror, Topology, UpstreamUrl};
+
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.yaml";
 /// Upstream response-header timeout when a backend does not set `timeout`.
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -111,10 +114,8 @@ impl BackendKind {
 pub struct Backend {
     pub slot: BackendSlot,
     pub kind: BackendKind,
-    /// Scheme and authority of the upstream; `base_path` is prepended to forwarded paths.
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    pub base_path: String,
+    /// Which endpoints serve which component, and how they are chosen and checked.
+    pub topology: Topology,
     pub listen: Option<SocketAddr>,
     pub ca_file: Option<PathBuf>,
     /// Time allowed for the upstream's response headers (504 past it), for reads.
@@ -295,7 +296,13 @@ struct RawBackends {
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     kind: Spanned<BackendKind>,
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    components: Option<Spanned<upstream::RawComponents>>,
+    balance: Option<Spanned<String>>,
+    health_check: Option<Spanned<upstream::RawHealthCheck>>,
+    dns_refresh: Option<Spanned<PromDuration>>,
+    mirror: Option<Vec<Spanned<upstream::RawMirror>>>,
+    mirror_max_inflight: Option<Spanned<u64>>,
     listen: Option<SocketAddr>,
     ca_file: Option<String>,
     timeout: Option<PromDuration>,
@@ -595,12 +602,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             ));
             continue;
         }
-        let (scheme, authority, base_path) = match parse_backend_url(&rb.url.value) {
-            Ok(v) => v,
-            Err(msg) => {
-                errors.push(FileError::at(path, &rb.url.referenced, msg));
-                continue;
-            }
+        let Some(topology) = upstream::build(
+            path,
+            slot.as_str(),
+            rb.kind.value,
+            &loc,
+            upstream::RawTopology {
+                url: rb.url,
+                components: rb.components,
+                balance: rb.balance,
+                health_check: rb.health_check,
+                dns_refresh: rb.dns_refresh,
+                mirror: rb.mirror,
+                mirror_max_inflight: rb.mirror_max_inflight,
+            },
+            &mut errors,
+        ) else {
+            continue;
         };
         if let Some(l) = rb.listen {
             if l.port() != 0 && listens.contains(&l) {
@@ -618,9 +636,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         let b = Backend {
             slot,
             kind: rb.kind.value,
-            scheme,
-            authority,
-            base_path,
+            topology,
             listen: rb.listen,
             ca_file: rb.ca_file.as_deref().map(resolve),
             timeout: rb.timeout.map(|d| d.0).unwrap_or(DEFAULT_BACKEND_TIMEOUT),
@@ -724,28 +740,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
     })
 }
 
-fn parse_backend_url(s: &str) -> Result<(http::uri::Scheme, http::uri::Authority, String), String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|e| format!("invalid backend url {s:?}: {e}"))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| format!("backend url {s:?} needs http:// or https://"))?;
-    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        return Err(format!("backend url {s:?}: scheme must be http or https"));
-    }
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| format!("backend url {s:?} has no host"))?;
-    if uri.query().is_some() {
-        return Err(format!("backend url {s:?} must not have a query string"));
-    }
-    let base = uri.path().trim_end_matches('/').to_string();
-    Ok((scheme, authority, base))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,7 +787,10 @@ cache:
         let m = c.backends.metrics.unwrap();
         assert_eq!(m.kind, BackendKind::Mimir);
         assert_eq!(m.listen.unwrap().port(), 8081);
-        assert_eq!(c.backends.logs.unwrap().base_path, "/base");
+        assert_eq!(
+            c.backends.logs.unwrap().topology.default_urls[0].base_path,
+            "/base"
+        );
         assert_eq!(c.lbac, LbacMode::Rewrite);
         assert_eq!(c.client_ip.trusted_proxies.len(), 2);
         assert_eq!(c.cache.ttl, Duration::from_secs(300));
