@@ -797,4 +797,108 @@ mod tests {
             "profiles backend absent"
         );
     }
+
+    #[test]
+    fn every_route_names_the_component_that_serves_it() {
+        use Component::*;
+        let c = |kind, method: Method, path: &str| {
+            match_kind(BackendSlot::Metrics, kind, &method, path)
+                .unwrap_or_else(|| panic!("{path} must route"))
+                .component
+        };
+        for kind in [BackendKind::Mimir, BackendKind::Prometheus] {
+            for p in [
+                "/api/v1/push",
+                "/api/prom/push",
+                "/otlp/v1/metrics",
+                "/api/v1/push/influx/write",
+            ] {
+                assert_eq!(c(kind, Method::POST, p), Distributor, "{p}");
+            }
+            for p in [
+                "/prometheus/api/v1/query",
+                "/prometheus/api/v1/series",
+                "/prometheus/api/v1/label/job/values",
+                "/prometheus/api/v1/cardinality/label_names",
+                "/prometheus/api/v1/read",
+                "/prometheus/api/v1/status/buildinfo",
+            ] {
+                assert_eq!(c(kind, Method::GET, p), QueryFrontend, "{p}");
+            }
+            for p in [
+                "/prometheus/config/v1/rules/ns",
+                "/prometheus/api/v1/rules",
+                "/prometheus/api/v1/alerts",
+            ] {
+                assert_eq!(c(kind, Method::GET, p), Ruler, "{p}");
+            }
+            assert_eq!(
+                c(kind, Method::POST, "/prometheus/config/v1/rules/ns"),
+                Ruler
+            );
+            assert_eq!(
+                c(kind, Method::GET, "/alertmanager/api/v2/alerts"),
+                Alertmanager
+            );
+            assert_eq!(c(kind, Method::POST, "/api/v1/alerts"), Alertmanager);
+            assert_eq!(
+                c(kind, Method::POST, "/api/v1/upload/block/01H/start"),
+                Compactor
+            );
+        }
+        let l = BackendKind::Loki;
+        assert_eq!(c(l, Method::POST, "/loki/api/v1/push"), Distributor);
+        assert_eq!(c(l, Method::POST, "/otlp/v1/logs"), Distributor);
+        assert_eq!(c(l, Method::GET, "/loki/api/v1/query_range"), QueryFrontend);
+        assert_eq!(c(l, Method::GET, "/loki/api/v1/labels"), QueryFrontend);
+        assert_eq!(c(l, Method::GET, "/loki/api/v1/tail"), Querier);
+        assert_eq!(c(l, Method::GET, "/loki/api/v1/rules"), Ruler);
+        assert_eq!(c(l, Method::GET, "/prometheus/api/v1/rules"), Ruler);
+        assert_eq!(c(l, Method::POST, "/loki/api/v1/delete"), Compactor);
+        let t = BackendKind::Tempo;
+        assert_eq!(c(t, Method::POST, "/v1/traces"), Distributor);
+        assert_eq!(
+            c(
+                t,
+                Method::POST,
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            ),
+            Distributor
+        );
+        assert_eq!(c(t, Method::GET, "/tempo/api/traces/abc"), QueryFrontend);
+        assert_eq!(
+            c(t, Method::POST, "/tempopb.StreamingQuerier/Search"),
+            QueryFrontend
+        );
+        let p = BackendKind::Pyroscope;
+        assert_eq!(c(p, Method::POST, "/ingest"), Distributor);
+        assert_eq!(
+            c(p, Method::POST, "/push.v1.PusherService/Push"),
+            Distributor
+        );
+        assert_eq!(c(p, Method::GET, "/pyroscope/render"), QueryFrontend);
+        // every component a route names is one its kind has
+        for kind in [
+            BackendKind::Mimir,
+            BackendKind::Prometheus,
+            BackendKind::Loki,
+            BackendKind::Tempo,
+            BackendKind::Pyroscope,
+        ] {
+            let comps = Component::of_kind(kind);
+            for (m, path) in [
+                (Method::POST, "/api/v1/push"),
+                (Method::GET, "/loki/api/v1/tail"),
+                (Method::POST, "/loki/api/v1/delete"),
+                (Method::GET, "/alertmanager/x"),
+                (Method::POST, "/api/v1/upload/block/x"),
+                (Method::GET, "/api/search"),
+                (Method::POST, "/ingest"),
+            ] {
+                if let Some(r) = match_kind(BackendSlot::Metrics, kind, &m, path) {
+                    assert!(comps.contains(&r.component), "{kind:?} {path}");
+                }
+            }
+        }
+    }
 }

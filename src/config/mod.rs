@@ -900,4 +900,198 @@ cache:
         let e = p("auth_throttle:\n  rate: 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `rate`"), "{e}");
     }
+
+    #[test]
+    fn topology_parses_components_balance_health_and_mirrors() {
+        let c = p(r#"
+backends:
+  metrics:
+    kind: mimir
+    url: "http://mimir:8080"
+    components:
+      distributor: { urls: ["http://distributor-0:8080", "https://distributor-1/base/"] }
+      query_frontend: { url: "dns+http://query-frontend-headless.mimir.svc:8080" }
+    balance: round_robin
+    health_check: { path: /ready, interval: 5s, timeout: 1s, unhealthy_after: 3, healthy_after: 2 }
+    dns_refresh: 30s
+    mirror:
+      - { url: "http://mimir-next:8080", fraction: 0.25 }
+    mirror_max_inflight: 7
+  metrics_shadow_is_not_a_key: null
+"#);
+        // unknown backend slot is an error; the rest of the test uses a clean config
+        assert!(c.is_err());
+        let c = p(r#"
+backends:
+  metrics:
+    kind: mimir
+    url: "http://mimir:8080"
+    components:
+      distributor: { urls: ["http://distributor-0:8080", "https://distributor-1/base/"] }
+      query_frontend: { url: "dns+http://query-frontend-headless.mimir.svc:8080" }
+    balance: round_robin
+    health_check: { path: /ready, interval: 5s, timeout: 1s, unhealthy_after: 3, healthy_after: 2 }
+    dns_refresh: 30s
+    mirror:
+      - { url: "http://mimir-next:8080", fraction: 0.25 }
+    mirror_max_inflight: 7
+"#)
+        .unwrap();
+        let t = &c.backends.metrics.unwrap().topology;
+        let d = t.urls_of(Component::Distributor);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[1].scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(d[1].base_path, "/base");
+        assert_eq!(d[1].host_port(), ("distributor-1".to_string(), 443));
+        let q = &t.urls_of(Component::QueryFrontend)[0];
+        assert!(q.dns);
+        assert_eq!(
+            q.host_port(),
+            ("query-frontend-headless.mimir.svc".to_string(), 8080)
+        );
+        // not listed: the backend's url
+        assert_eq!(
+            t.urls_of(Component::Ruler)[0].authority.as_str(),
+            "mimir:8080"
+        );
+        assert_eq!(t.balance, Balance::RoundRobin);
+        assert_eq!(
+            (
+                t.health_check.interval,
+                t.health_check.timeout,
+                t.health_check.unhealthy_after,
+                t.health_check.healthy_after,
+                t.health_check.explicit
+            ),
+            (Duration::from_secs(5), Duration::from_secs(1), 3, 2, true)
+        );
+        assert_eq!(t.dns_refresh, Duration::from_secs(30));
+        assert_eq!(t.mirrors[0].fraction, 0.25);
+        assert_eq!(t.mirror_max_inflight, 7);
+    }
+
+    #[test]
+    fn topology_defaults_and_url_only_backends() {
+        let c = p("backends:\n  metrics: { kind: prometheus, url: \"http://127.0.0.1:9090\" }\n")
+            .unwrap();
+        let t = &c.backends.metrics.unwrap().topology;
+        assert!(t.components.is_empty());
+        assert_eq!(t.balance, Balance::LeastInflight);
+        assert_eq!(
+            t.health_check.path, "/-/ready",
+            "Prometheus's readiness path"
+        );
+        assert!(!t.health_check.explicit);
+        assert_eq!(t.dns_refresh, Duration::from_secs(10));
+        assert_eq!(t.mirror_max_inflight, 100);
+        let c = p("backends:\n  logs: { kind: loki, url: \"http://l:3100\" }\n").unwrap();
+        assert_eq!(
+            c.backends.logs.unwrap().topology.health_check.path,
+            "/ready"
+        );
+        // url may be left out when every component of the kind is listed
+        let c = p(r#"
+backends:
+  traces:
+    kind: tempo
+    components:
+      distributor: { url: "http://d:4318" }
+      query_frontend: { url: "http://q:3200" }
+"#)
+        .unwrap();
+        assert!(c.backends.traces.unwrap().topology.default_urls.is_empty());
+    }
+
+    #[test]
+    fn topology_errors_point_at_their_line() {
+        let cases: &[(&str, u32, &str)] = &[
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      ingester: { url: \"http://i\" }\n",
+                6,
+                "unknown component \"ingester\"",
+            ),
+            (
+                "backends:\n  traces:\n    kind: tempo\n    url: \"http://t\"\n    components:\n      querier: { url: \"http://q\" }\n",
+                6,
+                "unknown component \"querier\"",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      distributor: { url: \"http://a\", urls: [\"http://b\"] }\n",
+                6,
+                "not both",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      distributor: { urls: [] }\n",
+                6,
+                "at least one URL",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      distributor:\n        urls:\n          - \"http://a\"\n          - \"dns+ftp://b\"\n",
+                9,
+                "scheme must be",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    balance: random\n",
+                5,
+                "unknown balance \"random\"",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    mirror:\n      - { url: \"http://x\", fraction: 1.5 }\n",
+                6,
+                "fraction must be from 0 to 1",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    mirror:\n      - { url: \"dns+http://x\" }\n",
+                6,
+                "dns+ URLs are not allowed",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    health_check:\n      interval: 0s\n",
+                6,
+                "interval must be greater than 0",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    health_check: { unhealthy_after: 0 }\n",
+                5,
+                "unhealthy_after must be from 1",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    health_check: { path: ready }\n",
+                5,
+                "must be a path",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    dns_refresh: 10ms\n",
+                5,
+                "dns_refresh must be at least 100ms",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    components:\n      distributor: { url: \"http://d\" }\n",
+                3,
+                "needs url",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://user:pw@m\"\n",
+                4,
+                "must not contain credentials",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      distributor: { url: \"http://d\", weight: 2 }\n",
+                6,
+                "unknown field `weight`",
+            ),
+        ];
+        for (text, line, needle) in cases {
+            let e = p(text).unwrap_err();
+            assert!(
+                e.0.iter()
+                    .any(|x| x.line == *line && x.message.contains(needle)),
+                "want line {line} {needle:?} in:\n{e}\nfor:\n{text}"
+            );
+            assert!(
+                e.to_string().starts_with("/etc/obsgate/gateway.yaml:"),
+                "{e}"
+            );
+        }
+    }
 }
