@@ -17,5 +17,7 @@ pub mod selector;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod wire;

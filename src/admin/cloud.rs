@@ -3,14 +3,15 @@
 //! `region`, list filters, and `pageSize`/`pageCursor` paging. Updates are `POST` to the object;
 //! deletes are hard (204). Authorization: `accesspolicies:read|write|delete`, or `admin`.
 
+use super::AdminService;
 use super::{
     Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, now_rfc3339,
     read_json, require_scope,
 };
 use crate::config::Cidr;
 use crate::policy::{Scope, Status};
-use crate::proxy::{Body, Conn, Gateway};
 use crate::token::{self, TokenHash};
+use crate::wire::{Body, Conn};
 use base64::Engine as _;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -200,7 +201,7 @@ fn page(
     })
 }
 
-pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &AdminService, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let Some(admin) = gw.admin.as_ref() else {
         return ApiError::new(StatusCode::NOT_FOUND, "the admin API is not enabled").response();
     };
@@ -210,7 +211,7 @@ pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Respon
     }
 }
 
-async fn route(gw: &Gateway, conn: &Conn, admin: &Admin, req: Request<Incoming>) -> ApiResult {
+async fn route(gw: &AdminService, conn: &Conn, admin: &Admin, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().to_string();
     let (collection, id) = if let Some(r) = path.strip_prefix(POLICIES) {
         (POLICIES, r.strip_prefix('/'))
@@ -359,7 +360,7 @@ fn time_filter(q: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Ap
 }
 
 async fn list_tokens(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     q: &HashMap<String, String>,
     region: &str,
@@ -502,7 +503,7 @@ fn display_name(body: &Value) -> Result<Option<String>, ApiError> {
 }
 
 async fn save_policy(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     id: Option<String>,
@@ -599,7 +600,7 @@ async fn save_policy(
 }
 
 async fn save_token(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     id: Option<String>,
@@ -678,7 +679,7 @@ async fn save_token(
 }
 
 async fn delete(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     policy: bool,
@@ -706,7 +707,7 @@ async fn delete(
         &name,
         id,
     );
-    let mut r = Response::new(crate::proxy::full(bytes::Bytes::new()));
+    let mut r = Response::new(crate::wire::full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     Ok(r)
 }

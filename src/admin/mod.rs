@@ -14,9 +14,9 @@ pub mod sa;
 use crate::auth;
 use crate::persist::{Document, PersistError, Versioned};
 use crate::policy::{self, AccessPolicy, Realm, RealmTarget, Scope, Status, Tenant, valid_name};
-use crate::proxy::{Body, Conn, Gateway, error_response, full};
 use crate::store::{Overlay, Snapshot, TokenOwner, TokenRecord};
 use crate::token::{self, TokenHash};
+use crate::wire::{Body, Conn, error_response, full};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -403,7 +403,7 @@ impl ApiError {
     }
     fn response(self) -> Response<Body> {
         if let Some(secs) = self.2 {
-            return crate::proxy::throttled_response(secs);
+            return crate::wire::throttled_response(secs);
         }
         let kind = match self.0.as_u16() {
             400 | 413 => "bad_data",
@@ -460,12 +460,57 @@ pub fn admin_dialect(path: &str) -> Option<Dialect> {
 }
 
 /// Whether this request is for the GEM/GET admin API (v3 or v1).
+/// The admin API as a service of its own: the store's writer and what it needs to
+/// authenticate, nothing of the data plane.
+pub struct AdminService {
+    pub config: Arc<crate::config::Config>,
+    pub store: Arc<crate::store::Store>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// The admin API's state (`None`: the API answers 503).
+    pub admin: Option<Admin>,
+    /// Failed-authentication throttling, shared with the data plane (`None`: off).
+    pub throttle: Option<Arc<crate::throttle::AuthThrottle>>,
+}
+
+impl AdminService {
+    /// Serves an admin path; `None` when the path is not the admin API's.
+    pub async fn serve(
+        &self,
+        conn: &Conn,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Request<Incoming>> {
+        let path = req.uri().path();
+        if req.method() == Method::GET && path == OPENAPI_PATH {
+            return Ok(openapi_response());
+        }
+        let (handler, label): (u8, &'static str) = if sa::is_sa_path(path) {
+            (0, "/api/serviceaccounts")
+        } else if cloud::is_cloud_path(path) {
+            (1, "/api/v1/accesspolicies")
+        } else if is_admin_path(path) {
+            (2, "/admin/api/v3")
+        } else {
+            return Err(req);
+        };
+        self.metrics.inflight.inc();
+        let resp = match handler {
+            0 => sa::handle(self, conn, req).await,
+            1 => cloud::handle(self, conn, req).await,
+            _ => handle(self, conn, req).await,
+        };
+        self.metrics
+            .count_request("none", label, resp.status().as_u16());
+        self.metrics.inflight.dec();
+        Ok(resp)
+    }
+}
+
 pub fn is_admin_path(path: &str) -> bool {
     admin_dialect(path).is_some()
 }
 
 /// Entry point from the pipeline for `/admin/api/v3/…`.
-pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &AdminService, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let Some(admin) = gw.admin.as_ref() else {
         return ApiError::new(StatusCode::NOT_FOUND, "the admin API is not enabled").response();
     };
@@ -487,7 +532,7 @@ pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Respon
 /// The caller's identity. Failed authentications count against the client's allowance, as on
 /// the data plane; past it, 429 before any work on the token.
 fn authenticate(
-    gw: &Gateway,
+    gw: &AdminService,
     conn: &Conn,
     req: &Request<Incoming>,
 ) -> Result<Arc<policy::Identity>, ApiError> {
@@ -505,7 +550,7 @@ fn authenticate(
             .inc();
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
-            crate::proxy::THROTTLED_MESSAGE.to_string(),
+            crate::wire::THROTTLED_MESSAGE.to_string(),
             Some(secs),
         ));
     }
@@ -519,7 +564,7 @@ fn authenticate(
 }
 
 fn authenticate_token(
-    gw: &Gateway,
+    gw: &AdminService,
     ip: std::net::IpAddr,
     req: &Request<Incoming>,
 ) -> Result<Arc<policy::Identity>, ApiError> {
@@ -583,7 +628,7 @@ impl Kind {
     }
 }
 
-async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
+async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().to_string();
     let d = admin_dialect(&path).unwrap_or(Dialect::V3);
     let rest = path.strip_prefix(d.prefix()).unwrap_or("");
@@ -675,7 +720,7 @@ fn only_get(m: &Method) -> Result<(), ApiError> {
     }
 }
 
-fn clusters(gw: &Gateway, method: &Method, name: Option<&str>) -> ApiResult {
+fn clusters(gw: &AdminService, method: &Method, name: Option<&str>) -> ApiResult {
     only_get(method)?;
     let snap = gw.store.snapshot();
     let view = |c: &str| json!({"name": c, "display_name": c, "created_at": EPOCH});
@@ -752,7 +797,7 @@ fn token_view(name: &str, t: &TokenObj) -> Value {
 
 /// Every object of `kind`: file-defined (version 0, read-only) and API-created.
 fn all_views(
-    gw: &Gateway,
+    gw: &AdminService,
     state: &ApiState,
     kind: Kind,
     d: Dialect,
@@ -828,7 +873,7 @@ fn all_views(
 }
 
 fn list(
-    gw: &Gateway,
+    gw: &AdminService,
     state: &ApiState,
     kind: Kind,
     include_inactive: bool,
@@ -847,7 +892,7 @@ fn list(
 }
 
 fn get_one(
-    gw: &Gateway,
+    gw: &AdminService,
     state: &ApiState,
     kind: Kind,
     name: &str,
@@ -1024,7 +1069,7 @@ fn expiration_of(body: &Value) -> Result<Option<String>, ApiError> {
 
 /// Persists `next` as the new state and puts it in force on the data plane.
 async fn commit(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     state: &mut Versioned<ApiState>,
     next: ApiState,
@@ -1062,7 +1107,7 @@ fn audit(actor: &str, action: &str, kind: Kind, name: &str) {
 }
 
 async fn create(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     kind: Kind,
@@ -1178,7 +1223,7 @@ async fn create(
 /// The version of an API-created object that a PUT or DELETE may change: 409 if a policy file
 /// defines it, 404 if there is none, 412 if `If-Match` names another version.
 fn writable_version(
-    gw: &Gateway,
+    gw: &AdminService,
     data: &ApiState,
     kind: Kind,
     name: &str,
@@ -1220,7 +1265,7 @@ fn writable_version(
 
 #[allow(clippy::too_many_arguments)]
 async fn update(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     kind: Kind,
@@ -1288,7 +1333,7 @@ async fn update(
 /// GEM v1's DELETE (hard, with `If-Match`). A deleted policy's tokens stop working (their owner
 /// is gone: 401); a deleted tenant is no longer granted by any realm.
 async fn delete(
-    gw: &Gateway,
+    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     kind: Kind,

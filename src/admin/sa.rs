@@ -2,13 +2,14 @@
 //! create (201), get, PATCH, and their `glsa_` tokens (list, create, delete). A disabled account's
 //! tokens answer 401; roles map to scopes as SPEC 3 says. Authorization: `admin`.
 
+use super::AdminService;
 use super::{
     Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, read_json,
     require_scope,
 };
 use crate::policy::Role;
-use crate::proxy::{Body, Conn, Gateway};
 use crate::token::{self, TokenHash};
+use crate::wire::{Body, Conn};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
@@ -103,7 +104,7 @@ fn token_count(st: &ApiState, id: u64) -> usize {
         .count()
 }
 
-pub async fn handle(gw: &Gateway, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gw: &AdminService, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let Some(admin) = gw.admin.as_ref() else {
         return ApiError::new(StatusCode::NOT_FOUND, "the admin API is not enabled").response();
     };
@@ -125,7 +126,7 @@ fn parse_id(s: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no service account {s:?}")))
 }
 
-async fn route(gw: &Gateway, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
+async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incoming>) -> ApiResult {
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix(PREFIX).unwrap_or("");
     let parts: Vec<&str> = rest.split('/').skip(1).collect();
@@ -248,7 +249,7 @@ async fn search(admin: &Admin, q: &HashMap<String, String>) -> ApiResult {
     ))
 }
 
-async fn create(gw: &Gateway, admin: &Admin, actor: &str, body: Value) -> ApiResult {
+async fn create(gw: &AdminService, admin: &Admin, actor: &str, body: Value) -> ApiResult {
     let name = super::opt_str(&body, "name")?
         .filter(|n| !n.trim().is_empty() && n.len() <= 190)
         .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
@@ -290,7 +291,7 @@ async fn create(gw: &Gateway, admin: &Admin, actor: &str, body: Value) -> ApiRes
     Ok(json_response(StatusCode::CREATED, &view(id, sa, 0), None))
 }
 
-async fn patch(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
+async fn patch(gw: &AdminService, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
     let role = role_of(&body)?;
     let disabled = bool_of(&body, "isDisabled")?;
     let name = super::opt_str(&body, "name")?;
@@ -365,7 +366,13 @@ fn expiration_after(now: chrono::DateTime<chrono::Utc>, ttl: i64) -> Option<Stri
 /// The longest `secondsToLive` accepted: 100 years.
 const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
 
-async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
+async fn create_token(
+    gw: &AdminService,
+    admin: &Admin,
+    actor: &str,
+    id: u64,
+    body: Value,
+) -> ApiResult {
     let name = super::opt_str(&body, "name")?
         .filter(|n| !n.trim().is_empty() && n.len() <= 190)
         .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
@@ -421,7 +428,13 @@ async fn create_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, body: V
     ))
 }
 
-async fn delete_token(gw: &Gateway, admin: &Admin, actor: &str, id: u64, tid: u64) -> ApiResult {
+async fn delete_token(
+    gw: &AdminService,
+    admin: &Admin,
+    actor: &str,
+    id: u64,
+    tid: u64,
+) -> ApiResult {
     let mut st = admin.state.lock().await;
     let Some(t) = st
         .data

@@ -153,35 +153,6 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: &HeaderValue) {
     }
 }
 
-/// Whether an upstream error was a timeout (connect timeout included).
-pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        if err.to_string().contains("timed out") {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// `outer: inner: innermost` for logs.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        s.push_str(": ");
-        s.push_str(&err.to_string());
-        cur = err.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,12 @@
 //! headers → header hygiene → forward (streaming, upgrades, trailers) → metrics and audit.
 
 pub mod body;
+pub use crate::wire::{
+    Body, BoxError, Conn, THROTTLED_MESSAGE, error_response, full, incoming, throttled_response,
+};
 pub mod guard;
 pub mod headers;
 pub mod server;
-pub mod tls;
 
 use crate::auth;
 use crate::config::{BackendSlot, Config, LbacMode};
@@ -17,28 +19,12 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::token::{self, TokenHash};
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// One body type for everything the gateway sends and receives: streams pass through boxed.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn incoming(b: Incoming) -> Body {
-    b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-}
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -46,12 +32,9 @@ pub struct Gateway {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub upstreams: crate::upstream::Upstreams,
-    pub ready: AtomicBool,
-    /// The admin API's state (`None` in tests that build a gateway without one).
-    pub admin: Option<crate::admin::Admin>,
     rewrite_cache: crate::lbac::RewriteCache,
-    /// Failed-authentication throttling (`None`: off).
-    pub throttle: Option<crate::throttle::AuthThrottle>,
+    /// Failed-authentication throttling, shared with the admin API (`None`: off).
+    pub throttle: Option<Arc<crate::throttle::AuthThrottle>>,
 }
 
 impl Gateway {
@@ -61,14 +44,12 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> Result<Gateway, String> {
         let upstreams = crate::upstream::Upstreams::new(&config, &metrics)?;
-        let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle);
+        let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle).map(Arc::new);
         Ok(Gateway {
             config,
             store,
             metrics,
             upstreams,
-            ready: AtomicBool::new(false),
-            admin: None,
             throttle,
             rewrite_cache: crate::lbac::RewriteCache::default(),
         })
@@ -147,43 +128,6 @@ impl Failure {
     }
 }
 
-pub const THROTTLED_MESSAGE: &str =
-    "too many failed authentications from this address; retry later";
-
-/// 429 with `Retry-After`, for a client past its failed-authentication allowance.
-pub fn throttled_response(retry_after_secs: u64) -> Response<Body> {
-    let mut r = error_response(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_requests",
-        THROTTLED_MESSAGE,
-    );
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from(retry_after_secs),
-    );
-    r
-}
-
-pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<Body> {
-    let message = crate::diag::clip(message);
-    let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message})
-        .to_string();
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"obsgate\""),
-        );
-    }
-    r
-}
-
 /// How the label policies of an allowed read are enforced.
 enum Enforcement {
     /// Unrestricted, or not a read that label policies apply to.
@@ -204,22 +148,6 @@ fn lbac_failure(e: crate::lbac::LbacError) -> Failure {
     }
 }
 
-/// What is known about a client connection, computed once when it is accepted.
-pub struct Conn {
-    pub peer: SocketAddr,
-    /// The peer's address as an `X-Forwarded-For` entry.
-    pub xff: HeaderValue,
-}
-
-impl Conn {
-    pub fn new(peer: SocketAddr) -> Conn {
-        Conn {
-            peer,
-            xff: headers::peer_value(peer.ip()),
-        }
-    }
-}
-
 /// Who asked, for the audit line of a denied request. Never the token.
 #[derive(Default)]
 struct AuditCtx {
@@ -228,7 +156,7 @@ struct AuditCtx {
     tenant: Option<String>,
 }
 
-/// Entry point for every request on every listener.
+/// The data plane: every request that is not the gateway's own endpoint or the admin API.
 pub async fn handle(
     gw: Arc<Gateway>,
     only: Option<BackendSlot>,
@@ -237,50 +165,6 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let peer = conn.peer;
-    if headers::framing_is_ambiguous(req.version(), req.headers()) {
-        let mut r = error_response(
-            StatusCode::BAD_REQUEST,
-            "bad_data",
-            "ambiguous request framing: Transfer-Encoding must be one \"chunked\", without Content-Length",
-        );
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
-    }
-    if let Some(r) = own_endpoint(&gw, &req) {
-        return r;
-    }
-    // the admin API is served on the shared listener only (SPEC 9)
-    if only.is_none()
-        && req.method() == Method::GET
-        && req.uri().path() == crate::admin::OPENAPI_PATH
-    {
-        return crate::admin::openapi_response();
-    }
-    if only.is_none() && crate::admin::sa::is_sa_path(req.uri().path()) {
-        gw.metrics.inflight.inc();
-        let resp = crate::admin::sa::handle(&gw, &conn, req).await;
-        gw.metrics
-            .count_request("none", "/api/serviceaccounts", resp.status().as_u16());
-        gw.metrics.inflight.dec();
-        return resp;
-    }
-    if only.is_none() && crate::admin::cloud::is_cloud_path(req.uri().path()) {
-        gw.metrics.inflight.inc();
-        let resp = crate::admin::cloud::handle(&gw, &conn, req).await;
-        gw.metrics
-            .count_request("none", "/api/v1/accesspolicies", resp.status().as_u16());
-        gw.metrics.inflight.dec();
-        return resp;
-    }
-    if only.is_none() && crate::admin::is_admin_path(req.uri().path()) {
-        gw.metrics.inflight.inc();
-        let resp = crate::admin::handle(&gw, &conn, req).await;
-        gw.metrics
-            .count_request("none", "/admin/api/v3", resp.status().as_u16());
-        gw.metrics.inflight.dec();
-        return resp;
-    }
     gw.metrics.inflight.inc();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -354,38 +238,6 @@ fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &Audi
         message = f.message(),
         "request denied"
     );
-}
-
-fn own_endpoint(gw: &Gateway, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return None;
-    }
-    let text = |status: StatusCode, body: &'static str| {
-        let mut r = Response::new(full(body));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    };
-    match req.uri().path() {
-        "/live" => Some(text(StatusCode::OK, "live\n")),
-        "/ready" => Some(if gw.ready.load(Ordering::Acquire) {
-            text(StatusCode::OK, "ready\n")
-        } else {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-        }),
-        "/metrics" => {
-            let mut r = Response::new(full(gw.metrics.render()));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Some(r)
-        }
-        _ => None,
-    }
 }
 
 fn now_unix() -> i64 {

@@ -2,10 +2,14 @@
 //! ALPN over TLS) on one port, upgrades enabled, graceful shutdown that lets in-flight
 //! requests finish.
 
-use super::{Gateway, guard, handle};
+use super::{Gateway, guard};
+use crate::admin::AdminService;
 use crate::config::{BackendSlot, Config};
 use crate::store::{Store, watch};
 use crate::telemetry::Metrics;
+use crate::wire::{Body, Conn, error_response, full};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,6 +26,7 @@ pub struct Running {
     /// Bound addresses: `None` is the shared listener, `Some(slot)` a dedicated one.
     pub listeners: Vec<(Option<BackendSlot>, SocketAddr)>,
     pub gateway: Arc<Gateway>,
+    pub services: Arc<Services>,
     shutdown: tokio_watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// DNS refresh and health check loops: stopped at shutdown.
@@ -73,6 +78,83 @@ pub enum StartError {
     Setup(String),
 }
 
+/// The three services a listener dispatches to; none of them knows the others.
+pub struct Services {
+    /// Own endpoints: `/ready` says 200 once the store is loaded and upstreams resolved.
+    pub ready: std::sync::atomic::AtomicBool,
+    pub metrics: Arc<Metrics>,
+    /// The admin API (shared listener only).
+    pub admin: AdminService,
+    /// The data plane.
+    pub gateway: Arc<Gateway>,
+}
+
+/// Every request on every listener: framing → own endpoints → admin API (shared listener) →
+/// data plane.
+pub async fn dispatch(
+    svc: Arc<Services>,
+    only: Option<BackendSlot>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if super::headers::framing_is_ambiguous(req.version(), req.headers()) {
+        let mut r = error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_data",
+            "ambiguous request framing: Transfer-Encoding must be one \"chunked\", without Content-Length",
+        );
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    if let Some(r) = own_endpoint(&svc, &req) {
+        return r;
+    }
+    // the admin API is served on the shared listener only (SPEC 9)
+    let req = if only.is_none() {
+        match svc.admin.serve(&conn, req).await {
+            Ok(r) => return r,
+            Err(req) => req,
+        }
+    } else {
+        req
+    };
+    super::handle(svc.gateway.clone(), only, conn, req).await
+}
+
+/// `/live`, `/ready`, `/metrics`, without credentials, on every listener.
+fn own_endpoint(svc: &Services, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return None;
+    }
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    match req.uri().path() {
+        "/live" => Some(text(StatusCode::OK, "live\n")),
+        "/ready" => Some(if svc.ready.load(Ordering::Acquire) {
+            text(StatusCode::OK, "ready\n")
+        } else {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        }),
+        "/metrics" => {
+            let mut r = Response::new(full(svc.metrics.render()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
 /// What a caller may change about how the gateway runs (tests hand in a DNS resolver).
 #[derive(Default)]
 pub struct StartOptions {
@@ -117,13 +199,24 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     if !overlay.is_empty() {
         store.set_overlay(overlay);
     }
-    let mut gateway =
-        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?;
-    gateway.admin = Some(admin);
-    let gateway = Arc::new(gateway);
+    let gateway = Arc::new(
+        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?,
+    );
+    let services = Arc::new(Services {
+        ready: std::sync::atomic::AtomicBool::new(false),
+        metrics: metrics.clone(),
+        admin: AdminService {
+            config: config.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            admin: Some(admin),
+            throttle: gateway.throttle.clone(),
+        },
+        gateway: gateway.clone(),
+    });
 
     let tls = match &config.server.tls {
-        Some(t) => Some(super::tls::TlsReloader::new(t).map_err(StartError::Setup)?),
+        Some(t) => Some(crate::tls::TlsReloader::new(t).map_err(StartError::Setup)?),
         None => None,
     };
 
@@ -154,7 +247,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         tasks.push(tokio::spawn(accept_loop(
             l,
             slot,
-            gateway.clone(),
+            services.clone(),
             tls.clone(),
             rx.clone(),
             config.server.shutdown_grace,
@@ -192,10 +285,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         }
     };
     let background = gateway.upstreams.start(resolver, dns_refresh).await;
-    gateway.ready.store(true, Ordering::Release);
+    services.ready.store(true, Ordering::Release);
     Ok(Running {
         listeners,
         gateway,
+        services,
         shutdown: tx,
         tasks,
         background,
@@ -205,12 +299,13 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
 async fn accept_loop(
     listener: TcpListener,
     only: Option<BackendSlot>,
-    gw: Arc<Gateway>,
-    tls: Option<Arc<super::tls::TlsReloader>>,
+    svc: Arc<Services>,
+    tls: Option<Arc<crate::tls::TlsReloader>>,
     mut shutdown: tokio_watch::Receiver<bool>,
     grace: Duration,
     open: Arc<AtomicUsize>,
 ) {
+    let gw = svc.gateway.clone();
     let limits = gw.config.limits.clone();
     let timeouts = guard::Timeouts {
         header_read: limits.header_read_timeout,
@@ -261,16 +356,16 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state = guard::ConnState::new();
         let counters = gw.metrics.limits.clone();
-        let gw = gw.clone();
-        let conn = Arc::new(super::Conn::new(peer));
+        let services = svc.clone();
+        let conn = Arc::new(Conn::new(peer));
         let svc_state = state.clone();
         let svc = service_fn(move |req| {
-            let gw = gw.clone();
+            let services = services.clone();
             let conn = conn.clone();
             let request = svc_state.request_started();
             let state = svc_state.clone();
             async move {
-                let resp = handle(gw, only, conn, req).await;
+                let resp = dispatch(services, only, conn, req).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     state.mark_upgraded();
                 }

@@ -5,7 +5,7 @@
 //! address whatever the name, so the URI keeps the host name (TLS server name, `Host` when the
 //! client sent none) while the connection goes to the address DNS gave.
 
-use crate::proxy::Body;
+use crate::wire::Body;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;

@@ -6,7 +6,7 @@
 //! The primary never waits for a mirror and never sees a mirror's failure.
 
 use super::Endpoint;
-use crate::proxy::{Body, BoxError};
+use crate::wire::{Body, BoxError};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -254,7 +254,7 @@ pub fn start(targets: &[Arc<MirrorTarget>], head: &Head, body: Body, timeout: Du
                 Ok(Ok(false)) => t.error.inc(),
                 Ok(Err(e)) => {
                     t.error.inc();
-                    tracing::debug!(mirror = %t.label, error = %crate::proxy::headers::error_chain(&e), "mirror copy failed");
+                    tracing::debug!(mirror = %t.label, error = %crate::wire::error_chain(&e), "mirror copy failed");
                 }
                 Err(_) => {
                     t.error.inc();
@@ -283,7 +283,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let overflow = Arc::new(AtomicBool::new(false));
         let tee = TeeBody {
-            inner: crate::proxy::full("payload"),
+            inner: crate::wire::full("payload"),
             sinks: vec![Sink {
                 tx,
                 overflow: overflow.clone(),

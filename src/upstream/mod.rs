@@ -15,8 +15,8 @@ pub use dns::{Resolve, StaticResolver, SystemResolver};
 use crate::config::{
     Backend, BackendSlot, Balance, Component, Config, HealthCheck, Topology, UpstreamUrl,
 };
-use crate::proxy::Body;
 use crate::telemetry::Metrics;
+use crate::wire::Body;
 use arc_swap::ArcSwap;
 use balance::Candidate;
 use client::{ClientSettings, Clients, EndpointResolver};
@@ -501,7 +501,7 @@ impl ComponentPool {
                 Version::HTTP_11,
                 HeaderMap::new(),
                 &self.health_check.path,
-                crate::proxy::full(bytes::Bytes::new()),
+                crate::wire::full(bytes::Bytes::new()),
             )
             .map_err(|err| err.to_string())?;
         let r = tokio::time::timeout(self.health_check.timeout, async {
@@ -519,7 +519,7 @@ impl ComponentPool {
                 self.health_check.path,
                 s.as_u16()
             )),
-            Ok(Err(err)) => Err(crate::proxy::headers::error_chain(&err)),
+            Ok(Err(err)) => Err(crate::wire::error_chain(&err)),
             Err(_) => Err(format!(
                 "{} did not answer within {:?}",
                 self.health_check.path, self.health_check.timeout
@@ -700,17 +700,17 @@ impl ComponentPool {
             }
             Ok(Err(e)) if e.is_connect() => {
                 ep.m.connect_error.inc();
-                let msg = crate::proxy::headers::error_chain(&e);
+                let msg = crate::wire::error_chain(&e);
                 ep.health_event(self, |h| h.connect_failed(self.thresholds), &msg);
                 Outcome::Connect(msg)
             }
-            Ok(Err(e)) if crate::proxy::headers::is_timeout(&e) => {
+            Ok(Err(e)) if crate::wire::is_timeout(&e) => {
                 ep.m.timeout.inc();
                 Outcome::Timeout
             }
             Ok(Err(e)) => {
                 ep.m.error.inc();
-                Outcome::Failed(crate::proxy::headers::error_chain(&e))
+                Outcome::Failed(crate::wire::error_chain(&e))
             }
             Err(_) => {
                 ep.m.timeout.inc();
@@ -729,7 +729,7 @@ pub struct BackendUpstream {
 
 impl BackendUpstream {
     fn new(b: &Backend, metrics: &Arc<Metrics>) -> Result<BackendUpstream, String> {
-        let tls = crate::proxy::tls::client_config(b.ca_file.as_deref())?;
+        let tls = crate::tls::client_config(b.ca_file.as_deref())?;
         let settings = ClientSettings {
             tls,
             connect_timeout: b.connect_timeout,
@@ -871,11 +871,11 @@ pub(crate) fn test_body(parts: &[&'static str], fail: bool) -> Body {
 
     impl http_body::Body for Chunks {
         type Data = Bytes;
-        type Error = crate::proxy::BoxError;
+        type Error = crate::wire::BoxError;
         fn poll_frame(
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, crate::proxy::BoxError>>> {
+        ) -> Poll<Option<Result<Frame<Bytes>, crate::wire::BoxError>>> {
             Poll::Ready(match self.0.pop_front() {
                 Some(c) => Some(Ok(Frame::data(Bytes::from_static(c.as_bytes())))),
                 None if self.1 => {

@@ -5,7 +5,7 @@
 //! attempt replays the copy and then continues with the rest of the client's body. A body
 //! whose read bytes were not all kept cannot be replayed, and [`ReplayBody::retry`] says so.
 
-use crate::proxy::{Body, BoxError};
+use crate::wire::{Body, BoxError};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -192,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_untouched_body_can_always_be_sent_again_and_keeps_its_length() {
-        let b = ReplayBody::new(crate::proxy::full("abc"), 0);
+        let b = ReplayBody::new(crate::wire::full("abc"), 0);
         assert!(!b.touched());
         assert_eq!(b.size_hint().exact(), Some(3));
         let again = b.retry().unwrap();
