@@ -125,6 +125,9 @@ fn check(path: PathBuf) -> ExitCode {
                 cfg.lbac_limits.max_bytes,
                 cfg.lbac_limits.max_depth
             );
+            for b in cfg.backends.iter() {
+                println!("{}", b.describe_topology());
+            }
             ExitCode::SUCCESS
         }
         Err(errs) => {

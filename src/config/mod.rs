@@ -1094,4 +1094,34 @@ backends:
             );
         }
     }
+
+    #[test]
+    fn a_component_may_have_its_own_health_check_over_the_backends() {
+        let c = p(r#"
+backends:
+  traces:
+    kind: tempo
+    url: "http://tempo:3200"
+    health_check: { interval: 3s, unhealthy_after: 4 }
+    components:
+      distributor:
+        urls: ["http://d-0:4318", "http://d-1:4318"]
+        health_check: { enabled: false }
+      query_frontend:
+        url: "http://qf:3200"
+        health_check: { path: /api/echo }
+"#)
+        .unwrap();
+        let t = c.backends.traces.unwrap().topology;
+        let d = t.health_of(Component::Distributor);
+        assert!(!d.enabled);
+        let q = t.health_of(Component::QueryFrontend);
+        assert_eq!(
+            (q.path.as_str(), q.interval, q.unhealthy_after, q.enabled),
+            ("/api/echo", Duration::from_secs(3), 4, true),
+            "the component's keys over the backend's"
+        );
+        let e = p("backends:\n  traces:\n    kind: tempo\n    url: \"http://t\"\n    components:\n      distributor:\n        url: \"http://d\"\n        health_check: { timeout: 0s }\n").unwrap_err();
+        assert_eq!(e.0[0].line, 8, "{e}");
+    }
 }

@@ -155,6 +155,9 @@ pub struct HealthCheck {
     pub healthy_after: u32,
     /// Written in the config: then every component is checked, even one with one endpoint.
     pub explicit: bool,
+    /// `enabled: false`: no active checks (connection failures still eject an endpoint, and
+    /// its next response brings it back).
+    pub enabled: bool,
 }
 
 impl HealthCheck {
@@ -169,6 +172,7 @@ impl HealthCheck {
             unhealthy_after: 2,
             healthy_after: 1,
             explicit: false,
+            enabled: true,
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Topology {
     pub components: Vec<(Component, Vec<UpstreamUrl>)>,
     pub balance: Balance,
     pub health_check: HealthCheck,
+    /// Components with a `health_check` of their own (merged over the backend's).
+    pub component_health: Vec<(Component, HealthCheck)>,
     pub dns_refresh: Duration,
     pub mirrors: Vec<Mirror>,
     pub mirror_max_inflight: usize,
@@ -202,10 +208,20 @@ impl Topology {
             components: Vec::new(),
             balance: Balance::default(),
             health_check: HealthCheck::default_for(kind),
+            component_health: Vec::new(),
             dns_refresh: DEFAULT_DNS_REFRESH,
             mirrors: Vec::new(),
             mirror_max_inflight: DEFAULT_MIRROR_MAX_INFLIGHT,
         }
+    }
+
+    /// The health check of `c`: its own, else the backend's.
+    pub fn health_of(&self, c: Component) -> &HealthCheck {
+        self.component_health
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, h)| h)
+            .unwrap_or(&self.health_check)
     }
 
     /// The URLs that serve `c`.
@@ -218,6 +234,43 @@ impl Topology {
     }
 }
 
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dns = if self.dns { "dns+" } else { "" };
+        write!(
+            f,
+            "{dns}{}://{}{}",
+            self.scheme, self.authority, self.base_path
+        )
+    }
+}
+
+impl super::Backend {
+    /// One line per backend for `obsgate check`: where each component's requests go.
+    pub fn describe_topology(&self) -> String {
+        let t = &self.topology;
+        let mut parts = Vec::new();
+        for &c in Component::of_kind(self.kind) {
+            let urls: Vec<String> = t.urls_of(c).iter().map(|u| u.to_string()).collect();
+            parts.push(format!("{} → {}", c.as_str(), urls.join(" ")));
+        }
+        let mut s = format!(
+            "backend {} ({}): {}; balance {}",
+            self.slot.as_str(),
+            self.kind.as_str(),
+            parts.join(", "),
+            match t.balance {
+                Balance::LeastInflight => "least_inflight",
+                Balance::RoundRobin => "round_robin",
+            }
+        );
+        for m in &t.mirrors {
+            s.push_str(&format!("; mirror {} ({}%)", m.url, m.fraction * 100.0));
+        }
+        s
+    }
+}
+
 // ---------- raw (as written) ----------
 
 #[derive(Deserialize)]
@@ -225,6 +278,7 @@ impl Topology {
 pub(super) struct RawComponent {
     url: Option<Spanned<String>>,
     urls: Option<Spanned<Vec<Spanned<String>>>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
 }
 
 /// `components:` keeps each name's location, for "unknown component" errors.
@@ -254,6 +308,7 @@ impl<'de> Deserialize<'de> for RawComponents {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealthCheck {
+    enabled: Option<bool>,
     path: Option<Spanned<String>>,
     interval: Option<Spanned<PromDuration>>,
     timeout: Option<Spanned<PromDuration>>,
@@ -307,6 +362,7 @@ pub(super) fn build(
 
     let allowed = Component::of_kind(kind);
     let mut components: Vec<(Component, Vec<UpstreamUrl>)> = Vec::new();
+    let mut component_checks: Vec<(Component, RawHealthCheck)> = Vec::new();
     if let Some(cs) = raw.components {
         for (name, rc) in cs.value.0 {
             let Some(c) = Component::parse(&name.value).filter(|c| allowed.contains(c)) else {
@@ -333,6 +389,9 @@ pub(super) fn build(
             }
             let rc_loc = rc.referenced;
             let rc = rc.value;
+            if let Some(h) = rc.health_check {
+                component_checks.push((c, h.value));
+            }
             let urls: Vec<UpstreamUrl> = match (rc.url, rc.urls) {
                 (Some(u), None) => url_list(&u, true, errors).into_iter().collect(),
                 (None, Some(us)) => {
@@ -420,68 +479,13 @@ pub(super) fn build(
         },
     };
 
-    let mut health_check = HealthCheck::default_for(kind);
-    if let Some(h) = raw.health_check {
-        health_check.explicit = true;
-        let h = h.value;
-        if let Some(p) = h.path {
-            let ok = p.value.starts_with('/')
-                && p.value.parse::<http::uri::PathAndQuery>().is_ok()
-                && !p.value.contains('#');
-            if ok {
-                health_check.path = p.value;
-            } else {
-                errors.push(FileError::at(
-                    path,
-                    &p.referenced,
-                    format!(
-                        "backend {slot}: health_check.path {:?} must be a path starting with /",
-                        p.value
-                    ),
-                ));
-            }
-        }
-        let positive = |d: Option<Spanned<PromDuration>>,
-                        name: &str,
-                        default: Duration,
-                        errors: &mut Vec<FileError>| match d {
-            Some(d) if d.value.0.is_zero() => {
-                errors.push(FileError::at(
-                    path,
-                    &d.referenced,
-                    format!("backend {slot}: health_check.{name} must be greater than 0"),
-                ));
-                default
-            }
-            Some(d) => d.value.0,
-            None => default,
-        };
-        health_check.interval = positive(h.interval, "interval", health_check.interval, errors);
-        health_check.timeout = positive(h.timeout, "timeout", health_check.timeout, errors);
-        for (v, name, target) in [
-            (
-                h.unhealthy_after,
-                "unhealthy_after",
-                &mut health_check.unhealthy_after,
-            ),
-            (
-                h.healthy_after,
-                "healthy_after",
-                &mut health_check.healthy_after,
-            ),
-        ] {
-            if let Some(v) = v {
-                if v.value == 0 || v.value > 1000 {
-                    errors.push(FileError::at(
-                        path,
-                        &v.referenced,
-                        format!("backend {slot}: health_check.{name} must be from 1 to 1000"),
-                    ));
-                } else {
-                    *target = v.value;
-                }
-            }
-        }
+    let health_check = match raw.health_check {
+        Some(h) => health_from(path, slot, HealthCheck::default_for(kind), h.value, errors),
+        None => HealthCheck::default_for(kind),
+    };
+    let mut component_health = Vec::new();
+    for (c, h) in component_checks {
+        component_health.push((c, health_from(path, slot, health_check.clone(), h, errors)));
     }
 
     let dns_refresh = match raw.dns_refresh {
@@ -546,8 +550,83 @@ pub(super) fn build(
         components,
         balance,
         health_check,
+        component_health,
         dns_refresh,
         mirrors,
         mirror_max_inflight,
     })
+}
+
+/// A `health_check` block over `base` (the defaults, or the backend's for a component's own).
+fn health_from(
+    path: &Path,
+    slot: &str,
+    base: HealthCheck,
+    h: RawHealthCheck,
+    errors: &mut Vec<FileError>,
+) -> HealthCheck {
+    let mut health_check = base;
+    health_check.explicit = true;
+    if let Some(e) = h.enabled {
+        health_check.enabled = e;
+    }
+    if let Some(p) = h.path {
+        let ok = p.value.starts_with('/')
+            && p.value.parse::<http::uri::PathAndQuery>().is_ok()
+            && !p.value.contains('#');
+        if ok {
+            health_check.path = p.value;
+        } else {
+            errors.push(FileError::at(
+                path,
+                &p.referenced,
+                format!(
+                    "backend {slot}: health_check.path {:?} must be a path starting with /",
+                    p.value
+                ),
+            ));
+        }
+    }
+    let positive = |d: Option<Spanned<PromDuration>>,
+                    name: &str,
+                    default: Duration,
+                    errors: &mut Vec<FileError>| match d {
+        Some(d) if d.value.0.is_zero() => {
+            errors.push(FileError::at(
+                path,
+                &d.referenced,
+                format!("backend {slot}: health_check.{name} must be greater than 0"),
+            ));
+            default
+        }
+        Some(d) => d.value.0,
+        None => default,
+    };
+    health_check.interval = positive(h.interval, "interval", health_check.interval, errors);
+    health_check.timeout = positive(h.timeout, "timeout", health_check.timeout, errors);
+    for (v, name, target) in [
+        (
+            h.unhealthy_after,
+            "unhealthy_after",
+            &mut health_check.unhealthy_after,
+        ),
+        (
+            h.healthy_after,
+            "healthy_after",
+            &mut health_check.healthy_after,
+        ),
+    ] {
+        if let Some(v) = v {
+            if v.value == 0 || v.value > 1000 {
+                errors.push(FileError::at(
+                    path,
+                    &v.referenced,
+                    format!("backend {slot}: health_check.{name} must be from 1 to 1000"),
+                ));
+            } else {
+                *target = v.value;
+            }
+        }
+    }
+    health_check
 }

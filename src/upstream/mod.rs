@@ -297,8 +297,9 @@ impl ComponentPool {
         settings: ClientSettings,
         metrics: Arc<Metrics>,
     ) -> Result<ComponentPool, String> {
+        let hc = topo.health_of(component).clone();
         let active_checks =
-            topo.health_check.explicit || urls.len() > 1 || urls.iter().any(|u| u.dns);
+            hc.enabled && (hc.explicit || urls.len() > 1 || urls.iter().any(|u| u.dns));
         let mut eps = Vec::new();
         for (i, u) in urls.iter().enumerate() {
             if !u.dns {
@@ -326,10 +327,10 @@ impl ComponentPool {
             ticket: AtomicUsize::new(0),
             active_checks,
             thresholds: Thresholds {
-                unhealthy_after: topo.health_check.unhealthy_after,
-                healthy_after: topo.health_check.healthy_after,
+                unhealthy_after: hc.unhealthy_after,
+                healthy_after: hc.healthy_after,
             },
-            health_check: topo.health_check.clone(),
+            health_check: hc,
             settings,
             metrics,
             endpoints_gauge,
