@@ -1124,4 +1124,18 @@ backends:
         let e = p("backends:\n  traces:\n    kind: tempo\n    url: \"http://t\"\n    components:\n      distributor:\n        url: \"http://d\"\n        health_check: { timeout: 0s }\n").unwrap_err();
         assert_eq!(e.0[0].line, 8, "{e}");
     }
+
+    #[test]
+    fn the_example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut files = vec![dir.join("gateway.yaml")];
+        for e in std::fs::read_dir(dir.join("examples")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        assert!(files.len() >= 4, "{files:?}");
+        for f in files {
+            let c = load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(c.backends.iter().count() >= 1, "{}", f.display());
+        }
+    }
 }
