@@ -48,6 +48,8 @@ pub struct Endpoint {
     pub clients: Clients,
     inflight: AtomicUsize,
     unhealthy: AtomicBool,
+    /// A connection failure is counted in `health`: the next response must reset the run.
+    failing: AtomicBool,
     health: Mutex<Health>,
     m: EndpointMetrics,
 }
@@ -170,6 +172,7 @@ impl Endpoint {
             clients: Clients::new(settings, resolver),
             inflight: AtomicUsize::new(0),
             unhealthy: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
             m,
         })
@@ -696,12 +699,17 @@ impl ComponentPool {
         match tokio::time::timeout_at(deadline, client.request(req)).await {
             Ok(Ok(r)) => {
                 ep.m.count_status(&self.metrics, r.status().as_u16());
-                ep.health_event(self, |h| h.responded(self.active_checks), "it answered");
+                // the common case (healthy, no failure run) takes no lock
+                if ep.failing.load(Ordering::Relaxed) || !ep.is_healthy() {
+                    ep.failing.store(false, Ordering::Relaxed);
+                    ep.health_event(self, |h| h.responded(self.active_checks), "it answered");
+                }
                 Outcome::Response(r)
             }
             Ok(Err(e)) if e.is_connect() => {
                 ep.m.connect_error.inc();
                 let msg = crate::wire::error_chain(&e);
+                ep.failing.store(true, Ordering::Relaxed);
                 ep.health_event(self, |h| h.connect_failed(self.thresholds), &msg);
                 Outcome::Connect(msg)
             }
