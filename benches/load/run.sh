@@ -2,8 +2,12 @@
 # Side-by-side load benchmark: the same nginx `return 200` upstream reached directly, through
 # obsgate (full checks), through nginx proxy_pass (keepalive) and through haproxy (http-reuse).
 # wrk runs on core 0; the proxy under test and the upstream share core 1.
+# Case "replicas": obsgate in front of three nginx replicas of the query_frontend (health checks on
+# /ready); wrk sends reads for DURATION s and one replica is killed a third of the way in; every read
+# must succeed, and the report shows the requests each replica served before and after the kill.
 # Output: target/bench-report/load.md and target/bench-report/load.svg.
 #   bash benches/load/run.sh   (DURATION=10 RATE=4000 CONNECTIONS=32 REPEAT=3 ONLY=obsgate,nginx PERF=1)
+#   ONLY=replicas bash benches/load/run.sh   (REPLICAS_RATE=4000 for a fixed rate instead of saturation)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
