@@ -24,6 +24,32 @@ pub struct RouteMatch<'a> {
     pub component: Component,
 }
 
+impl RouteMatch<'_> {
+    /// A write: its scope is a `*:write`, `*:delete`, `metrics:import` or `rules:write`. Only
+    /// writes are mirrored (remote read and Tempo's streaming search are exports, not writes).
+    pub fn is_write(&self) -> bool {
+        is_write_scope(self.scope)
+    }
+}
+
+fn is_write_scope(scope: Option<Scope>) -> bool {
+    matches!(
+        scope,
+        Some(
+            Scope::MetricsWrite
+                | Scope::MetricsDelete
+                | Scope::MetricsImport
+                | Scope::LogsWrite
+                | Scope::LogsDelete
+                | Scope::TracesWrite
+                | Scope::TracesDelete
+                | Scope::ProfilesWrite
+                | Scope::RulesWrite
+                | Scope::AlertsWrite,
+        )
+    )
+}
+
 /// The component that serves a route of a backend kind: writes go to distributors, reads to
 /// query-frontends, rule configuration to rulers, Alertmanager routes to the alertmanager,
 /// block upload and log deletion to the compactor, Loki's tail to the queriers.
@@ -61,21 +87,8 @@ impl RouteClass {
             "/prometheus/api/v1/read"
             | "/api/v1/upload/block/*"
             | "/tempopb.StreamingQuerier/*" => RouteClass::Export,
-            _ => match scope {
-                Some(
-                    Scope::MetricsWrite
-                    | Scope::MetricsDelete
-                    | Scope::MetricsImport
-                    | Scope::LogsWrite
-                    | Scope::LogsDelete
-                    | Scope::TracesWrite
-                    | Scope::TracesDelete
-                    | Scope::ProfilesWrite
-                    | Scope::RulesWrite
-                    | Scope::AlertsWrite,
-                ) => RouteClass::Write,
-                _ => RouteClass::Read,
-            },
+            _ if is_write_scope(scope) => RouteClass::Write,
+            _ => RouteClass::Read,
         }
     }
 }

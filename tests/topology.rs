@@ -94,7 +94,12 @@ impl Drop for Inflight {
 
 impl Rep {
     async fn start() -> Rep {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Rep::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A replica on this address (a stopped replica's port, to bring it back).
+    async fn start_at(bind: SocketAddr) -> Rep {
+        let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
         let st = Arc::new(RepState {
             got: Mutex::default(),
@@ -1489,4 +1494,164 @@ fn topology_config_errors_are_located_at_the_offending_line() {
             "line {line} ({text}) → want {prefix}COL: …{words:?}…, got:\n{display}"
         );
     }
+}
+
+// ---------- review fixes ----------
+
+#[tokio::test]
+async fn remote_read_is_an_export_and_never_mirrored() {
+    let primary = Rep::start().await;
+    let m = Rep::start().await;
+    let (_s, gw) = gateway(&backend(
+        "metrics",
+        "mimir",
+        &primary.url(),
+        &mirror_yaml(&m.url(), "1.0", None),
+    ))
+    .await;
+    let addr = gw.shared_addr();
+    let c = client();
+    let r = call(
+        &c,
+        post(
+            addr,
+            "/prometheus/api/v1/read",
+            Some(&auth()),
+            "snappy-read",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    // a write afterwards is mirrored: the mirror works, and got only that
+    let r = push(&c, addr, "a write").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let got = eventually(Duration::from_secs(5), || async { m.hits() >= 1 }).await;
+    assert!(got.is_some(), "the write was mirrored");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        m.paths(),
+        vec!["/api/v1/push"],
+        "remote read is not a write"
+    );
+    assert_eq!(primary.hits(), 2);
+    stop_gateway(gw).await;
+}
+
+#[tokio::test]
+async fn an_http2_push_is_mirrored_whole() {
+    // over HTTP/2 the client's body says it has ended with its last DATA frame, and hyper
+    // never polls it to the end: the copy must still be completed
+    let primary = Rep::start().await;
+    let m = Rep::start().await;
+    let (_s, gw) = gateway(&backend(
+        "metrics",
+        "mimir",
+        &primary.url(),
+        &mirror_yaml(&m.url(), "1.0", None),
+    ))
+    .await;
+    let addr = gw.shared_addr();
+    let c = h2c_client();
+    let mut bodies = Vec::new();
+    for i in 0..3 {
+        let body = body_of("h2", i, 50_000);
+        let r = call(&c, push_with_headers(addr, "/api/v1/push", body.clone())).await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        bodies.push(body);
+    }
+    let all = eventually(Duration::from_secs(5), || async { m.hits() >= 3 }).await;
+    assert!(all.is_some(), "the mirror got {} of 3 h2 writes", m.hits());
+    for b in &bodies {
+        assert_eq!(m.arrivals(b), 1, "each copy arrived whole, once");
+    }
+    let mep = m.endpoint();
+    let (ok, last) = poll_metrics(addr, |t| mirror_results(t, &mep, "ok") == 3.0).await;
+    assert!(ok, "three copies counted ok:\n{last}");
+    stop_gateway(gw).await;
+}
+
+#[tokio::test]
+async fn an_ejected_endpoint_without_active_checks_gets_a_trial_after_the_interval() {
+    let a = Rep::start().await;
+    let b = Rep::start().await;
+    let a_addr = a.addr;
+    let (_s, gw) = gateway(&backend(
+        "metrics",
+        "mimir",
+        &b.url(),
+        &format!(
+            "    components:\n      query_frontend: {{ urls: [{}] }}\n    balance: round_robin\n    health_check: {{ enabled: false, interval: 300ms, unhealthy_after: 2 }}\n",
+            url_list(&[&a, &b])
+        ),
+    ))
+    .await;
+    let addr = gw.shared_addr();
+    let c = client();
+    reads_ok(&c, addr, 4).await;
+    assert_eq!(a.ready_checks() + b.ready_checks(), 0, "no active checks");
+    a.stop().await;
+    // connection failures eject a; every read is retried on b
+    reads_ok(&c, addr, 8).await;
+    wait_health(addr, "query_frontend", &a_addr.to_string(), 0.0).await;
+    // a comes back on the same port: after the interval it gets a trial read, and is back
+    let a2 = Rep::start_at(a_addr).await;
+    let back = eventually(Duration::from_secs(10), || async {
+        reads_ok(&c, addr, 2).await;
+        a2.hits() > 0
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the ejected endpoint never got a trial read"
+    );
+    wait_health(addr, "query_frontend", &a_addr.to_string(), 1.0).await;
+    stop_gateway(gw).await;
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_504_not_502() {
+    // a listener whose accept queue is full: connects hang (the SYN is dropped)
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = sock.listen(1).unwrap();
+    let full_addr = l.local_addr().unwrap();
+    let mut held = Vec::new();
+    let mut hangs = false;
+    for _ in 0..32 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(full_addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => held.push(s),
+            _ => {
+                hangs = true;
+                break;
+            }
+        }
+    }
+    assert!(hangs, "could not fill the accept queue");
+    let (_s, gw) = gateway(&backend(
+        "metrics",
+        "mimir",
+        &format!("http://{full_addr}"),
+        "    connect_timeout: 300ms\n",
+    ))
+    .await;
+    let addr = gw.shared_addr();
+    let r = read(&client(), addr).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", r.body);
+    let text = metrics_text(addr).await;
+    assert_eq!(
+        metric(
+            &text,
+            "obsgate_upstream_errors_total",
+            &[("backend", "metrics"), ("kind", "timeout")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    drop(l);
+    stop_gateway(gw).await;
 }

@@ -1073,7 +1073,12 @@ backends:
             (
                 "backends:\n  metrics:\n    kind: mimir\n    url: \"http://user:pw@m\"\n",
                 4,
-                "must not contain credentials",
+                "\"http://***@m\" must not contain credentials",
+            ),
+            (
+                "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m:8080\"\n    components:\n      distributor: { url: \"dns+http://d:80\" }\n    mirror:\n      - { url: \"http://d\" }\n",
+                8,
+                "is also an endpoint of this backend",
             ),
             (
                 "backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    components:\n      distributor: { url: \"http://d\", weight: 2 }\n",

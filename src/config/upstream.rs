@@ -99,35 +99,50 @@ impl UpstreamUrl {
     }
 }
 
+/// The URL as it may be shown: a `user:password@` part is replaced by `***@`.
+fn shown(s: &str) -> String {
+    let start = s.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map(|i| start + i)
+        .unwrap_or(s.len());
+    match s[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &s[..start], &s[start + at..]),
+        None => s.to_string(),
+    }
+}
+
 pub fn parse_upstream_url(s: &str, allow_dns: bool) -> Result<UpstreamUrl, String> {
+    // errors show the URL without a password
+    let url = shown(s);
     let (rest, dns) = match s.strip_prefix("dns+") {
         Some(r) if allow_dns => (r, true),
-        Some(_) => return Err(format!("url {s:?}: dns+ URLs are not allowed here")),
+        Some(_) => return Err(format!("url {url:?}: dns+ URLs are not allowed here")),
         None => (s, false),
     };
     let uri: http::Uri = rest
         .parse()
-        .map_err(|e| format!("invalid backend url {s:?}: {e}"))?;
+        .map_err(|e| format!("invalid backend url {url:?}: {e}"))?;
     let scheme = uri.scheme().cloned().ok_or_else(|| {
-        format!("backend url {s:?} needs http://, https://, dns+http:// or dns+https://")
+        format!("backend url {url:?} needs http://, https://, dns+http:// or dns+https://")
     })?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(format!(
-            "backend url {s:?}: scheme must be http, https, dns+http or dns+https"
+            "backend url {url:?}: scheme must be http, https, dns+http or dns+https"
         ));
     }
     let authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| format!("backend url {s:?} has no host"))?;
+        .ok_or_else(|| format!("backend url {url:?} has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("backend url {s:?} must not contain credentials"));
+        return Err(format!("backend url {url:?} must not contain credentials"));
     }
     if authority.host().is_empty() {
-        return Err(format!("backend url {s:?} has no host"));
+        return Err(format!("backend url {url:?} has no host"));
     }
     if uri.query().is_some() {
-        return Err(format!("backend url {s:?} must not have a query string"));
+        return Err(format!("backend url {url:?} must not have a query string"));
     }
     let base_path = uri.path().trim_end_matches('/').to_string();
     Ok(UpstreamUrl {
@@ -412,7 +427,10 @@ pub(super) fn build(
                                 errors.push(FileError::at(
                                     path,
                                     &u.referenced,
-                                    format!("backend {slot}: URL {:?} is listed twice", u.value),
+                                    format!(
+                                        "backend {slot}: URL {:?} is listed twice",
+                                        shown(&u.value)
+                                    ),
                                 ));
                             }
                             out.push(x);
@@ -522,11 +540,29 @@ pub(super) fn build(
                 continue;
             }
         };
+        let primary = default_urls
+            .iter()
+            .chain(components.iter().flat_map(|(_, u)| u.iter()))
+            .any(|p| p.scheme == url.scheme && p.host_port() == url.host_port());
+        if primary {
+            errors.push(FileError::at(
+                path,
+                &m.url.referenced,
+                format!(
+                    "backend {slot}: mirror {} is also an endpoint of this backend: every mirrored write would arrive twice",
+                    shown(&m.url.value)
+                ),
+            ));
+            continue;
+        }
         if mirrors.iter().any(|x: &Mirror| x.url == url) {
             errors.push(FileError::at(
                 path,
                 &m.url.referenced,
-                format!("backend {slot}: mirror {:?} is listed twice", m.url.value),
+                format!(
+                    "backend {slot}: mirror {:?} is listed twice",
+                    shown(&m.url.value)
+                ),
             ));
             continue;
         }

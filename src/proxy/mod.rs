@@ -495,7 +495,7 @@ async fn send(
             "backend {backend} has no component {component} for this route"
         ))
     })?;
-    if route.class != RouteClass::Read && !up.mirrors.is_empty() {
+    if route.is_write() && !up.mirrors.is_empty() {
         let head = crate::upstream::mirror::Head {
             method: p.out.method.clone(),
             version: p.out.version,
@@ -518,6 +518,12 @@ async fn send(
             return Ok(sent);
         }
         Err(e) => {
+            if matches!(e, SendError::Timeout) {
+                gw.metrics
+                    .upstream_errors
+                    .with_label_values(&[backend, "timeout"])
+                    .inc();
+            }
             // the client's body, not the backend, ended the request
             if let Some(c) = p.cut.get() {
                 return Err(cut_failure(gw, c, p.max_body));
@@ -526,14 +532,22 @@ async fn send(
                 SendError::Timeout => {
                     let t = p.timeout;
                     tracing::warn!(backend, component, route = route.name, timeout = ?t, "upstream timed out");
+                    // counted above
+                    return Err(Failure::GatewayTimeout(format!(
+                        "backend {backend} did not answer within {t:?}"
+                    )));
+                }
+                SendError::Connect {
+                    message,
+                    timed_out: true,
+                } => {
+                    tracing::warn!(backend, component, route = route.name, kind = "timeout", error = %message, "upstream request failed");
                     (
                         "timeout",
-                        Failure::GatewayTimeout(format!(
-                            "backend {backend} did not answer within {t:?}"
-                        )),
+                        Failure::GatewayTimeout(format!("backend {backend} timed out")),
                     )
                 }
-                SendError::Connect(msg) => {
+                SendError::Connect { message: msg, .. } => {
                     tracing::warn!(backend, component, route = route.name, kind = "connect", error = %msg, "upstream request failed");
                     (
                         "connect",

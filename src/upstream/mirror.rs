@@ -41,7 +41,7 @@ impl MirrorTarget {
         metrics: &crate::telemetry::Metrics,
         backend: &str,
     ) -> MirrorTarget {
-        let label = endpoint.label.clone();
+        let label = format!("{}{}", endpoint.label, endpoint.base_path());
         let c = |r: &str| {
             metrics
                 .mirror_requests
@@ -113,6 +113,12 @@ impl HttpBody for TeeBody {
                     this.offer(|| Item::Data(d.clone()));
                 } else if let Some(t) = f.trailers_ref() {
                     this.offer(|| Item::Trailers(t.clone()));
+                }
+                // hyper stops polling a body that says it has ended (a Content-Length met, an
+                // HTTP/2 stream's last frame), so its end is passed on here, not at `None`
+                if this.inner.is_end_stream() {
+                    this.offer(|| Item::End);
+                    this.sinks.clear();
                 }
             }
             Poll::Ready(None) => {
@@ -322,5 +328,31 @@ mod tests {
             empty: false,
         };
         assert!(copy.collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_copy_ends_when_the_primary_body_says_it_ended_without_being_polled_to_none() {
+        use http_body::Body as _;
+        let (tx, rx) = mpsc::channel(4);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut tee = TeeBody {
+            inner: crate::wire::full("last frame"),
+            sinks: vec![Sink {
+                tx,
+                overflow: overflow.clone(),
+            }],
+        };
+        // what hyper does: poll one frame, see is_end_stream(), never poll again, drop
+        let f = std::future::poll_fn(|cx| Pin::new(&mut tee).poll_frame(cx)).await;
+        assert_eq!(f.unwrap().unwrap().into_data().unwrap(), "last frame");
+        assert!(tee.is_end_stream());
+        drop(tee);
+        let copy = CopyBody {
+            rx,
+            hint: SizeHint::with_exact(10),
+            ended: false,
+            empty: false,
+        };
+        assert_eq!(copy.collect().await.unwrap().to_bytes(), "last frame");
     }
 }

@@ -45,11 +45,15 @@ pub struct Endpoint {
     /// so that the connector's fixed address and port are used).
     authority: http::uri::Authority,
     base_path: String,
-    pub clients: Clients,
+    /// Its connection pools, shared with the same address in other components of the backend.
+    pub clients: Arc<Clients>,
     inflight: AtomicUsize,
     unhealthy: AtomicBool,
     /// A connection failure is counted in `health`: the next response must reset the run.
     failing: AtomicBool,
+    /// When it was last ejected or failed while ejected (ms since [`clock_ms`]'s origin):
+    /// without active checks, an ejected endpoint gets a trial request once `interval` passed.
+    ejected_at_ms: std::sync::atomic::AtomicU64,
     health: Mutex<Health>,
     m: EndpointMetrics,
 }
@@ -58,7 +62,10 @@ struct EndpointMetrics {
     labels: [String; 3],
     inflight: IntGauge,
     healthy: IntGauge,
-    codes: RwLock<HashMap<u16, IntCounter>>,
+    /// Status codes seen so far (a handful): a short list, no hashing per response.
+    codes: RwLock<Vec<(u16, IntCounter)>>,
+    /// Set when the endpoint left DNS: its series are gone and must not come back.
+    removed: AtomicBool,
     connect_error: IntCounter,
     timeout: IntCounter,
     error: IntCounter,
@@ -77,7 +84,8 @@ impl EndpointMetrics {
             labels: l.map(str::to_string),
             inflight: m.upstream_inflight.with_label_values(&l),
             healthy,
-            codes: RwLock::new(HashMap::new()),
+            codes: RwLock::new(Vec::new()),
+            removed: AtomicBool::new(false),
             connect_error: code("connect_error"),
             timeout: code("timeout"),
             error: code("error"),
@@ -85,13 +93,17 @@ impl EndpointMetrics {
     }
 
     fn count_status(&self, m: &Metrics, status: u16) {
-        if let Some(c) = self
+        if let Some((_, c)) = self
             .codes
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&status)
+            .iter()
+            .find(|(k, _)| *k == status)
         {
             c.inc();
+            return;
+        }
+        if self.removed.load(Ordering::Acquire) {
             return;
         }
         let [b, c, e] = &self.labels;
@@ -99,14 +111,16 @@ impl EndpointMetrics {
             .upstream_requests
             .with_label_values(&[b, c, e, &status.to_string()]);
         counter.inc();
-        self.codes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(status, counter);
+        let mut codes = self.codes.write().unwrap_or_else(|e| e.into_inner());
+        // bounded by the status codes that exist
+        if codes.len() < 64 && !codes.iter().any(|(k, _)| *k == status) {
+            codes.push((status, counter));
+        }
     }
 
     /// Removes the endpoint's series (it is gone from DNS).
     fn remove(&self, m: &Metrics) {
+        self.removed.store(true, Ordering::Release);
         let [b, c, e] = &self.labels;
         let l = [b.as_str(), c.as_str(), e.as_str()];
         let _ = m.endpoint_healthy.remove_label_values(&l);
@@ -115,8 +129,8 @@ impl EndpointMetrics {
             .codes
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
+            .iter()
+            .map(|(k, _)| *k)
             .collect();
         for code in codes
             .iter()
@@ -132,7 +146,7 @@ impl Endpoint {
     fn new(
         url: &UpstreamUrl,
         key: (usize, Option<SocketAddr>),
-        settings: &ClientSettings,
+        pools: &ClientCache,
         metrics: &Metrics,
         backend: &str,
         component: &str,
@@ -163,16 +177,18 @@ impl Endpoint {
             }
         };
         let m = EndpointMetrics::new(metrics, backend, component, &label);
+        let clients = pools.get(&url.scheme, &authority, key.1, resolver);
         Ok(Endpoint {
             label,
             key,
             scheme: url.scheme.clone(),
             authority,
             base_path: url.base_path.clone(),
-            clients: Clients::new(settings, resolver),
+            clients,
             inflight: AtomicUsize::new(0),
             unhealthy: AtomicBool::new(false),
             failing: AtomicBool::new(false),
+            ejected_at_ms: std::sync::atomic::AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             m,
         })
@@ -190,6 +206,25 @@ impl Endpoint {
         let mut full = String::with_capacity(self.base_path.len() + pq.len());
         full.push_str(&self.base_path);
         full.push_str(pq);
+        self.request_owned(method, version, headers, full, body, true)
+    }
+
+    /// [`Endpoint::request`] taking the path by value (no copy when there is no base path);
+    /// `based`: the base path is already in `pq`.
+    fn request_owned(
+        &self,
+        method: Method,
+        version: Version,
+        headers: HeaderMap,
+        pq: String,
+        body: Body,
+        based: bool,
+    ) -> Result<Request<Body>, http::Error> {
+        let full = if based || self.base_path.is_empty() {
+            pq
+        } else {
+            format!("{}{pq}", self.base_path)
+        };
         let uri = http::Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -203,12 +238,27 @@ impl Endpoint {
         Ok(r)
     }
 
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
     }
 
     pub fn is_healthy(&self) -> bool {
         !self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy, or (without active checks, which would bring it back) ejected long enough ago
+    /// to deserve a trial request.
+    fn eligible(&self, pool: &ComponentPool) -> bool {
+        if self.is_healthy() {
+            return true;
+        }
+        !pool.active_checks
+            && clock_ms().saturating_sub(self.ejected_at_ms.load(Ordering::Relaxed))
+                >= pool.health_check.interval.as_millis() as u64
     }
 
     fn health_event(
@@ -220,6 +270,10 @@ impl Endpoint {
         let change = {
             let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
             let c = f(&mut h);
+            if h.unhealthy {
+                // a failure while ejected restarts the wait before the next trial
+                self.ejected_at_ms.store(clock_ms(), Ordering::Relaxed);
+            }
             self.unhealthy.store(h.unhealthy, Ordering::Relaxed);
             c
         };
@@ -246,6 +300,42 @@ impl Endpoint {
             }
             None => {}
         }
+    }
+}
+
+/// `scheme://authority` of the URI, and the resolved address of a `dns+` endpoint.
+type PoolKey = (String, Option<SocketAddr>);
+
+/// One pair of connection pools per address of a backend, whichever components use it.
+pub struct ClientCache {
+    settings: ClientSettings,
+    pools: Mutex<HashMap<PoolKey, std::sync::Weak<Clients>>>,
+}
+
+impl ClientCache {
+    fn new(settings: ClientSettings) -> ClientCache {
+        ClientCache {
+            settings,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(
+        &self,
+        scheme: &http::uri::Scheme,
+        authority: &http::uri::Authority,
+        addr: Option<SocketAddr>,
+        resolver: EndpointResolver,
+    ) -> Arc<Clients> {
+        let key = (format!("{scheme}://{authority}"), addr);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = pools.get(&key).and_then(std::sync::Weak::upgrade) {
+            return c;
+        }
+        pools.retain(|_, w| w.strong_count() > 0);
+        let c = Arc::new(Clients::new(&self.settings, resolver));
+        pools.insert(key, Arc::downgrade(&c));
+        c
     }
 }
 
@@ -284,7 +374,7 @@ pub struct ComponentPool {
     active_checks: bool,
     health_check: HealthCheck,
     thresholds: Thresholds,
-    settings: ClientSettings,
+    pools: Arc<ClientCache>,
     metrics: Arc<Metrics>,
     endpoints_gauge: IntGauge,
     /// The last DNS error logged per URL, so a lasting failure is logged once.
@@ -297,7 +387,7 @@ impl ComponentPool {
         component: Component,
         urls: Vec<UpstreamUrl>,
         topo: &Topology,
-        settings: ClientSettings,
+        pools: Arc<ClientCache>,
         metrics: Arc<Metrics>,
     ) -> Result<ComponentPool, String> {
         let hc = topo.health_of(component).clone();
@@ -309,7 +399,7 @@ impl ComponentPool {
                 eps.push(Arc::new(Endpoint::new(
                     u,
                     (i, None),
-                    &settings,
+                    &pools,
                     &metrics,
                     backend,
                     component.as_str(),
@@ -334,7 +424,7 @@ impl ComponentPool {
                 healthy_after: hc.healthy_after,
             },
             health_check: hc,
-            settings,
+            pools,
             metrics,
             endpoints_gauge,
         })
@@ -359,7 +449,7 @@ impl ComponentPool {
             Balance::LeastInflight => 0,
         };
         let cand = |e: &Arc<Endpoint>| Candidate {
-            healthy: e.is_healthy(),
+            healthy: e.eligible(self),
             inflight: e.inflight(),
         };
         const N: usize = 16;
@@ -449,7 +539,7 @@ impl ComponentPool {
             match Endpoint::new(
                 &self.urls[k.0],
                 *k,
-                &self.settings,
+                &self.pools,
                 &self.metrics,
                 self.backend,
                 self.component.as_str(),
@@ -479,7 +569,11 @@ impl ComponentPool {
                 inflight = gone.inflight(),
                 "upstream endpoint removed; requests in flight to it finish"
             );
-            gone.m.remove(&self.metrics);
+            // another endpoint with the same label (the address came back under another URL)
+            // keeps the series
+            if !next.iter().any(|e: &Arc<Endpoint>| e.label == gone.label) {
+                gone.m.remove(&self.metrics);
+            }
         }
         self.endpoints_gauge.set(next.len() as i64);
         self.endpoints.store(Arc::new(next));
@@ -532,6 +626,15 @@ impl ComponentPool {
     }
 }
 
+/// Milliseconds on a monotonic clock (since the first call).
+fn clock_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// Runs futures concurrently to completion (a tiny `join_all`).
 async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: impl Iterator<Item = F>) {
     let mut set: Vec<std::pin::Pin<Box<F>>> = fs.map(Box::pin).collect();
@@ -566,7 +669,11 @@ pub struct Outgoing {
 pub enum SendError {
     /// The component has no endpoint (its DNS name never resolved).
     NoEndpoint,
-    Connect(String),
+    /// Nothing was sent; `timed_out`: the connect timeout passed (504, not 502).
+    Connect {
+        message: String,
+        timed_out: bool,
+    },
     Timeout,
     Failed(String),
     BadRequest,
@@ -581,7 +688,7 @@ pub struct Sent {
 
 enum Outcome {
     Response(Response<Incoming>),
-    Connect(String),
+    Connect { message: String, timed_out: bool },
     Timeout,
     Failed(String),
 }
@@ -608,7 +715,7 @@ impl ComponentPool {
         if eps.len() == 1 {
             // nowhere else to go: no copy of the headers, no replay
             let req = eps[first]
-                .request(method, version, headers, &path_and_query, body)
+                .request_owned(method, version, headers, path_and_query, body, false)
                 .map_err(|_| SendError::BadRequest)?;
             let guard = InflightGuard::new(eps[first].clone());
             return match self.attempt(&eps[first], req, grpc, deadline).await {
@@ -617,7 +724,9 @@ impl ComponentPool {
                     guard,
                     retried: false,
                 }),
-                Outcome::Connect(e) => Err(SendError::Connect(e)),
+                Outcome::Connect { message, timed_out } => {
+                    Err(SendError::Connect { message, timed_out })
+                }
                 Outcome::Timeout => Err(SendError::Timeout),
                 Outcome::Failed(e) => Err(SendError::Failed(e)),
             };
@@ -644,7 +753,9 @@ impl ComponentPool {
                 });
             }
             Outcome::Timeout => return Err(SendError::Timeout),
-            Outcome::Connect(e) => ("connect", SendError::Connect(e)),
+            Outcome::Connect { message, timed_out } => {
+                ("connect", SendError::Connect { message, timed_out })
+            }
             Outcome::Failed(e) if replay_cap.is_some() => ("reset", SendError::Failed(e)),
             Outcome::Failed(e) => return Err(SendError::Failed(e)),
         };
@@ -678,7 +789,9 @@ impl ComponentPool {
                 guard,
                 retried: true,
             }),
-            Outcome::Connect(e) => Err(SendError::Connect(e)),
+            Outcome::Connect { message, timed_out } => {
+                Err(SendError::Connect { message, timed_out })
+            }
             Outcome::Timeout => Err(SendError::Timeout),
             Outcome::Failed(e) => Err(SendError::Failed(e)),
         }
@@ -711,7 +824,10 @@ impl ComponentPool {
                 let msg = crate::wire::error_chain(&e);
                 ep.failing.store(true, Ordering::Relaxed);
                 ep.health_event(self, |h| h.connect_failed(self.thresholds), &msg);
-                Outcome::Connect(msg)
+                Outcome::Connect {
+                    timed_out: crate::wire::is_timeout(&e),
+                    message: msg,
+                }
             }
             Ok(Err(e)) if crate::wire::is_timeout(&e) => {
                 ep.m.timeout.inc();
@@ -739,10 +855,10 @@ pub struct BackendUpstream {
 impl BackendUpstream {
     fn new(b: &Backend, metrics: &Arc<Metrics>) -> Result<BackendUpstream, String> {
         let tls = crate::tls::client_config(b.ca_file.as_deref())?;
-        let settings = ClientSettings {
+        let client_cache = Arc::new(ClientCache::new(ClientSettings {
             tls,
             connect_timeout: b.connect_timeout,
-        };
+        }));
         let slot = b.slot.as_str();
         let mut pools: [Option<Arc<ComponentPool>>; Component::ALL.len()] = Default::default();
         for &c in Component::of_kind(b.kind) {
@@ -752,13 +868,13 @@ impl BackendUpstream {
                 c,
                 urls,
                 &b.topology,
-                settings.clone(),
+                client_cache.clone(),
                 metrics.clone(),
             )?));
         }
         let mut mirrors = Vec::new();
         for m in &b.topology.mirrors {
-            let ep = Endpoint::new(&m.url, (0, None), &settings, metrics, slot, "mirror")?;
+            let ep = Endpoint::new(&m.url, (0, None), &client_cache, metrics, slot, "mirror")?;
             // a mirror is not balanced or checked: its series would only say "healthy"
             ep.m.remove(metrics);
             mirrors.push(Arc::new(mirror::MirrorTarget::new(

@@ -119,7 +119,9 @@ impl HttpBody for ReplayBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    if s.replayable && s.kept_bytes + d.len() <= s.cap {
+                    if d.is_empty() {
+                        // nothing to keep (an HTTP/2 client may send many empty frames)
+                    } else if s.replayable && s.kept_bytes + d.len() <= s.cap {
                         s.kept_bytes += d.len();
                         s.kept.push(d.clone());
                         this.next = s.kept.len();
