@@ -357,6 +357,23 @@ impl Default for Metrics {
     }
 }
 
+/// Counts a request in `obsgate_inflight_requests` until dropped: a request whose client went
+/// away (its future dropped mid-way) is uncounted too.
+pub struct InflightRequest<'a>(&'a IntGauge);
+
+impl InflightRequest<'_> {
+    pub fn start(gauge: &IntGauge) -> InflightRequest<'_> {
+        gauge.inc();
+        InflightRequest(gauge)
+    }
+}
+
+impl Drop for InflightRequest<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Installs the global log subscriber. `OBSGATE_LOG` overrides the configured level.
 pub fn init_logging(level: &str) {
     let filter = std::env::var("OBSGATE_LOG")
@@ -410,6 +427,12 @@ mod tests {
             v(r#"backend="none",code="404",route="unmatched""#).as_deref(),
             Some("1")
         );
+        {
+            let _a = InflightRequest::start(&m.inflight);
+            let _b = InflightRequest::start(&m.inflight);
+            assert_eq!(m.inflight.get(), 2);
+        }
+        assert_eq!(m.inflight.get(), 0, "dropped requests are uncounted");
         m.handles().allowed.inc();
         assert_eq!(
             value(

@@ -492,7 +492,7 @@ impl AdminService {
         } else {
             return Err(req);
         };
-        self.metrics.inflight.inc();
+        let _inflight = crate::telemetry::InflightRequest::start(&self.metrics.inflight);
         let resp = match handler {
             0 => sa::handle(self, conn, req).await,
             1 => cloud::handle(self, conn, req).await,
@@ -500,7 +500,6 @@ impl AdminService {
         };
         self.metrics
             .count_request("none", label, resp.status().as_u16());
-        self.metrics.inflight.dec();
         Ok(resp)
     }
 }

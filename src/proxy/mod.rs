@@ -165,7 +165,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let start = Instant::now();
     let peer = conn.peer;
-    gw.metrics.inflight.inc();
+    let _inflight = crate::telemetry::InflightRequest::start(&gw.metrics.inflight);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let (slot_label, route_label, component, resp) =
@@ -201,7 +201,6 @@ pub async fn handle(
         .handles()
         .request_duration(slot_label, component)
         .observe(start.elapsed().as_secs_f64());
-    gw.metrics.inflight.dec();
     resp
 }
 
