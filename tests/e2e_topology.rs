@@ -18,54 +18,12 @@ use common::*;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-struct Proc(Child);
-
-impl Proc {
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn prometheus_binary() -> Option<String> {
-    let found = Command::new("prometheus")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    match found {
-        Ok(s) if s.success() => Some("prometheus".to_string()),
-        _ => {
-            if std::env::var("OBSGATE_E2E").as_deref() == Ok("1") {
-                panic!(
-                    "OBSGATE_E2E=1 but `prometheus` is not installed (apt-get install -y prometheus)"
-                );
-            }
-            eprintln!("skipping: `prometheus` is not installed (apt-get install -y prometheus)");
-            None
-        }
-    }
-}
+use common::procs::{Proc, free_port, prometheus_binary};
 
 fn spawn(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();

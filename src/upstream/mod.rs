@@ -693,6 +693,24 @@ enum Outcome {
     Failed(String),
 }
 
+impl Outcome {
+    /// The final attempt's outcome as the caller sees it.
+    fn into_sent(self, guard: InflightGuard, retried: bool) -> Result<Sent, SendError> {
+        match self {
+            Outcome::Response(response) => Ok(Sent {
+                response,
+                guard,
+                retried,
+            }),
+            Outcome::Connect { message, timed_out } => {
+                Err(SendError::Connect { message, timed_out })
+            }
+            Outcome::Timeout => Err(SendError::Timeout),
+            Outcome::Failed(e) => Err(SendError::Failed(e)),
+        }
+    }
+}
+
 impl ComponentPool {
     /// Sends a request to an endpoint of this component before `deadline`, retrying once on
     /// another endpoint when (a) the connection failed before anything was sent, or (b) it is
@@ -718,18 +736,10 @@ impl ComponentPool {
                 .request_owned(method, version, headers, path_and_query, body, false)
                 .map_err(|_| SendError::BadRequest)?;
             let guard = InflightGuard::new(eps[first].clone());
-            return match self.attempt(&eps[first], req, grpc, deadline).await {
-                Outcome::Response(response) => Ok(Sent {
-                    response,
-                    guard,
-                    retried: false,
-                }),
-                Outcome::Connect { message, timed_out } => {
-                    Err(SendError::Connect { message, timed_out })
-                }
-                Outcome::Timeout => Err(SendError::Timeout),
-                Outcome::Failed(e) => Err(SendError::Failed(e)),
-            };
+            return self
+                .attempt(&eps[first], req, grpc, deadline)
+                .await
+                .into_sent(guard, false);
         }
         let body = replay::ReplayBody::new(body, replay_cap.unwrap_or(0));
         let second_body =
@@ -783,18 +793,9 @@ impl ComponentPool {
             "retrying on another endpoint"
         );
         let guard = InflightGuard::new(eps[second].clone());
-        match self.attempt(&eps[second], req, grpc, deadline).await {
-            Outcome::Response(response) => Ok(Sent {
-                response,
-                guard,
-                retried: true,
-            }),
-            Outcome::Connect { message, timed_out } => {
-                Err(SendError::Connect { message, timed_out })
-            }
-            Outcome::Timeout => Err(SendError::Timeout),
-            Outcome::Failed(e) => Err(SendError::Failed(e)),
-        }
+        self.attempt(&eps[second], req, grpc, deadline)
+            .await
+            .into_sent(guard, true)
     }
 
     async fn attempt(

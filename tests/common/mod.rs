@@ -1,6 +1,8 @@
 //! Test harness: an in-process recording upstream and a gateway started on ephemeral ports.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
