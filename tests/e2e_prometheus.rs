@@ -9,34 +9,9 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
-use common::procs::{Proc, free_port, prometheus_binary};
-
-fn spawn(bin: &str, args: &[String], log: &std::path::Path, name: &'static str) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let _ = name;
-    Proc(child)
-}
-
-async fn wait_http(addr: std::net::SocketAddr, path: &str) {
-    let ok = eventually(Duration::from_secs(30), || async {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), client().request(get(addr, path, None))).await,
-            Ok(Ok(r)) if r.status().is_success()
-        )
-    })
-    .await;
-    assert!(ok.is_some(), "{addr}{path} never became ready");
-}
+use common::procs::{Proc, agent, free_port, prometheus_binary, receiver, spawn, wait_http};
 
 /// A receiver Prometheus, obsgate (the binary) in front of it, and agents writing through it.
 struct Stack {
@@ -51,19 +26,8 @@ impl Stack {
     async fn start(prom: String, lbac_mode: &str, policies: &str) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
-        let (recv_port, gw_port) = (free_port(), free_port());
-        std::fs::write(d.join("recv.yml"), "global:\n  scrape_interval: 15s\n").unwrap();
-        let recv = spawn(
-            &prom,
-            &[
-                format!("--config.file={}", d.join("recv.yml").display()),
-                format!("--storage.tsdb.path={}", d.join("recv-data").display()),
-                format!("--web.listen-address=127.0.0.1:{recv_port}"),
-                "--web.enable-remote-write-receiver".into(),
-            ],
-            &d.join("recv.log"),
-            "receiver",
-        );
+        let (recv, recv_port) = receiver(&prom, &d, "recv");
+        let gw_port = free_port();
         std::fs::write(
             d.join("gateway.yaml"),
             format!(
@@ -80,7 +44,6 @@ impl Stack {
                 d.join("gateway.yaml").display().to_string(),
             ],
             &d.join("obsgate.log"),
-            "obsgate",
         );
         let gw: std::net::SocketAddr = format!("127.0.0.1:{gw_port}").parse().unwrap();
         wait_http(
@@ -101,30 +64,14 @@ impl Stack {
     /// An agent scraping itself every second with `labels` as external labels, remote-writing
     /// through obsgate as tenant `tenant` with `token`.
     fn agent(&mut self, name: &str, labels: &str, tenant: &str, token: &str) {
-        let d = self.dir.path();
-        let port = free_port();
-        let cfg = d.join(format!("{name}.yml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "global:\n  scrape_interval: 1s\n  external_labels:\n{labels}\nscrape_configs:\n  - job_name: {name}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\nremote_write:\n  - url: \"http://{gw}/api/v1/push\"\n    basic_auth:\n      username: {tenant}\n      password: \"{token}\"\n    queue_config:\n      batch_send_deadline: 1s\n",
-                gw = self.gw
-            ),
-        )
-        .unwrap();
-        let p = spawn(
+        let p = agent(
             &self.prom,
-            &[
-                "--enable-feature=agent".into(),
-                format!("--config.file={}", cfg.display()),
-                format!(
-                    "--storage.agent.path={}",
-                    d.join(format!("{name}-data")).display()
-                ),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-            ],
-            &d.join(format!("{name}.log")),
-            "agent",
+            self.dir.path(),
+            name,
+            labels,
+            self.gw,
+            tenant,
+            token,
         );
         self.procs.push(p);
     }

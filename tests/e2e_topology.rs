@@ -18,35 +18,11 @@ use common::*;
 use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::procs::{Proc, free_port, prometheus_binary};
-
-fn spawn(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-async fn wait_http(addr: SocketAddr, path: &str) {
-    let ok = eventually(Duration::from_secs(30), || async {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), client().request(get(addr, path, None))).await,
-            Ok(Ok(r)) if r.status().is_success()
-        )
-    })
-    .await;
-    assert!(ok.is_some(), "{addr}{path} never became ready");
-}
+use common::procs::{Proc, agent, prometheus_binary, receiver, wait_http};
 
 /// The temporary directory of the test's processes; prints the end of their logs when the test
 /// panics.
@@ -76,57 +52,8 @@ impl Drop for Dir {
 
 /// A Prometheus server with the remote-write receiver and no scrape targets.
 fn prometheus(bin: &str, dir: &std::path::Path, name: &str) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let cfg = dir.join(format!("{name}.yml"));
-    std::fs::write(&cfg, "global:\n  scrape_interval: 15s\n").unwrap();
-    let p = spawn(
-        bin,
-        &[
-            format!("--config.file={}", cfg.display()),
-            format!(
-                "--storage.tsdb.path={}",
-                dir.join(format!("{name}-data")).display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-            "--web.enable-remote-write-receiver".into(),
-        ],
-        &dir.join(format!("{name}.log")),
-    );
+    let (p, port) = receiver(bin, dir, name);
     (p, format!("127.0.0.1:{port}").parse().unwrap())
-}
-
-/// A Prometheus agent scraping itself every second (job `job`), remote-writing through the
-/// gateway `gw` as `tenant` with `token`.
-fn agent(
-    bin: &str,
-    dir: &std::path::Path,
-    job: &str,
-    gw: SocketAddr,
-    tenant: &str,
-    token: &str,
-) -> Proc {
-    let port = free_port();
-    let cfg = dir.join(format!("{job}.yml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\nremote_write:\n  - url: \"http://{gw}/api/v1/push\"\n    basic_auth:\n      username: {tenant}\n      password: \"{token}\"\n    queue_config:\n      batch_send_deadline: 1s\n"
-        ),
-    )
-    .unwrap();
-    spawn(
-        bin,
-        &[
-            "--enable-feature=agent".into(),
-            format!("--config.file={}", cfg.display()),
-            format!(
-                "--storage.agent.path={}",
-                dir.join(format!("{job}-data")).display()
-            ),
-            format!("--web.listen-address=127.0.0.1:{port}"),
-        ],
-        &dir.join(format!("{job}.log")),
-    )
 }
 
 fn enc(s: &str) -> String {
@@ -438,7 +365,7 @@ async fn queries_spread_over_replicas_and_survive_a_killed_replica_pushes_go_to_
 
     // pushes: a Prometheus agent remote-writes through obsgate; the samples land on the
     // distributor, and on no replica
-    let agent_proc = agent(&bin, d, "topo-agent", gw, "e2e", &writer);
+    let agent_proc = agent(&bin, d, "topo-agent", "", gw, "e2e", &writer);
     let arrived = eventually(Duration::from_secs(30), || async {
         !results(&direct_query(dist, "up{job=\"topo-agent\"}").await).is_empty()
     })

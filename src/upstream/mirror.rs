@@ -275,11 +275,6 @@ pub fn start(targets: &[Arc<MirrorTarget>], head: &Head, body: Body, timeout: Du
     TeeBody { inner: body, sinks }.boxed_unsync()
 }
 
-/// Whether there is anything to mirror at all.
-pub fn any(targets: &[Arc<MirrorTarget>]) -> bool {
-    !targets.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

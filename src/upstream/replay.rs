@@ -74,7 +74,8 @@ impl ReplayBody {
     }
 
     /// Whether any of the client's body has been read (or its end seen).
-    pub fn touched(&self) -> bool {
+    #[cfg(test)]
+    fn touched(&self) -> bool {
         let s = lock(&self.shared);
         s.inner.is_none() || !s.kept.is_empty() || !s.replayable
     }
