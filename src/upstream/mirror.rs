@@ -250,7 +250,7 @@ pub fn start(targets: &[Arc<MirrorTarget>], head: &Head, body: Body, timeout: Du
                 let resp = client.request(req).await?;
                 let ok = resp.status().is_success();
                 // read the answer through, so the connection goes back to the pool
-                let _ = resp.into_body().collect().await;
+                super::drain(resp.into_body()).await;
                 Ok::<bool, hyper_util::client::legacy::Error>(ok)
             })
             .await;

@@ -606,7 +606,7 @@ impl ComponentPool {
             let resp = e.clients.http1.request(req).await?;
             let status = resp.status();
             // read the answer through (bounded by the timeout) so the connection is reused
-            let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            drain(resp.into_body()).await;
             Ok::<_, hyper_util::client::legacy::Error>(status)
         })
         .await;
@@ -624,6 +624,13 @@ impl ComponentPool {
             )),
         }
     }
+}
+
+/// Reads a response body to its end without keeping it (a health check or mirror answer of
+/// any size costs no memory), so that its connection goes back to the pool.
+pub(crate) async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// Milliseconds on a monotonic clock (since the first call).
