@@ -4,6 +4,7 @@
 //! lookup (cached) → [`policy::decide`] → label-policy headers → forward. See `DESIGN.md`.
 
 pub mod admin;
+pub mod admin_store;
 pub mod auth;
 pub mod config;
 pub mod diag;

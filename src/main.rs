@@ -128,6 +128,7 @@ fn check(path: PathBuf) -> ExitCode {
             for b in cfg.backends.iter() {
                 println!("{}", b.describe_topology());
             }
+            println!("{}", cfg.store.admin.describe());
             ExitCode::SUCCESS
         }
         Err(errs) => {

@@ -168,6 +168,9 @@ pub struct AccessPolicy {
     pub scopes: ScopeSet,
     pub realms: Arc<[Realm]>,
     pub allowed_subnets: Arc<[IpNet]>,
+    /// Unix seconds past which the policy's tokens stop working (GEM v1's policy
+    /// `expiration`); `None` = never.
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,9 +339,26 @@ pub fn parse_tenant_ids(s: &str) -> Option<Vec<String>> {
 }
 
 /// Applies SPEC 5.3 from "token active" to the label policies, in the table's order.
+/// Tenants by name, as `decide` reads them.
+pub trait Tenants {
+    fn tenant(&self, name: &str) -> Option<&Tenant>;
+}
+
+impl Tenants for HashMap<String, Tenant> {
+    fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.get(name)
+    }
+}
+
+impl Tenants for crate::store::layered::Layered<String, Tenant> {
+    fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.get(name)
+    }
+}
+
 pub fn decide<'a>(
     id: &'a Identity,
-    tenants: &'a HashMap<String, Tenant>,
+    tenants: &'a (impl Tenants + ?Sized),
     cluster: &str,
     req: &RequestFacts<'_>,
 ) -> Result<Allow<'a>, Deny> {
@@ -381,7 +401,7 @@ pub fn decide<'a>(
     };
     let mut found: Vec<&'a Tenant> = Vec::with_capacity(ids.len());
     for t in &ids {
-        match tenants.get(t) {
+        match tenants.tenant(t) {
             Some(ten) if ten.status == Status::Active && ten.cluster == cluster => found.push(ten),
             _ => {
                 return Err(Deny::new(

@@ -112,6 +112,16 @@ pub struct Metrics {
     pub store_objects: IntGaugeVec,
     pub store_generation: IntGauge,
     pub store_last_success: IntGauge,
+    /// `obsgate_admin_store_generation`: the last change-log entry applied.
+    pub admin_store_generation: IntGauge,
+    /// `obsgate_admin_store_last_success_timestamp_seconds`
+    pub admin_store_last_success: IntGauge,
+    /// `obsgate_admin_store_errors_total{op}`
+    pub admin_store_errors: IntCounterVec,
+    /// `obsgate_admin_store_requests_total{op}`: every request made to the store.
+    pub admin_store_requests: IntCounterVec,
+    /// `obsgate_admin_store_stale`: 1 while past `max_staleness` (admin tokens refused).
+    pub admin_store_stale: IntGauge,
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
@@ -208,6 +218,32 @@ impl Metrics {
             store_last_success: reg!(IntGauge::new(
                 "obsgate_store_last_success_timestamp_seconds",
                 "Unix time of the last successful policy load."
+            )),
+            admin_store_generation: reg!(IntGauge::new(
+                "obsgate_admin_store_generation",
+                "Sequence number of the last admin change applied from the admin store."
+            )),
+            admin_store_last_success: reg!(IntGauge::new(
+                "obsgate_admin_store_last_success_timestamp_seconds",
+                "Unix time of the last successful read of the admin store."
+            )),
+            admin_store_errors: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_admin_store_errors_total",
+                    "Failed admin-store operations, by operation."
+                ),
+                &["op"]
+            )),
+            admin_store_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_admin_store_requests_total",
+                    "Requests made to the admin store, by operation (get, put, list, delete)."
+                ),
+                &["op"]
+            )),
+            admin_store_stale: reg!(IntGauge::new(
+                "obsgate_admin_store_stale",
+                "1 while the admin store has not been read for longer than max_staleness: tokens known only from it are refused."
             )),
             upstream_duration: reg!(HistogramVec::new(
                 HistogramOpts::new(

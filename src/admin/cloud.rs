@@ -4,9 +4,10 @@
 //! deletes are hard (204). Authorization: `accesspolicies:read|write|delete`, or `admin`.
 
 use super::AdminService;
+use super::state::{Collection, Tx};
 use super::{
-    Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, now_rfc3339,
-    read_json, require_scope,
+    Admin, ApiError, ApiResult, ApiState, authenticate, json_response, now_rfc3339, read_json,
+    require_scope,
 };
 use crate::config::Cidr;
 use crate::policy::{Scope, Status};
@@ -252,7 +253,7 @@ async fn route(gw: &AdminService, conn: &Conn, admin: &Admin, req: Request<Incom
             let body = read_json(req).await?;
             save_policy(gw, admin, &actor, id, &region, body).await
         }
-        (POLICIES, Method::DELETE, Some(id)) => delete(gw, admin, &actor, true, &id, &region).await,
+        (POLICIES, Method::DELETE, Some(id)) => delete(admin, &actor, true, &id, &region).await,
         (TOKENS, Method::GET, None) => list_tokens(gw, admin, &q, &region).await,
         (TOKENS, Method::GET, Some(id)) => {
             let st = admin.state.lock().await;
@@ -268,7 +269,7 @@ async fn route(gw: &AdminService, conn: &Conn, admin: &Admin, req: Request<Incom
             let body = read_json(req).await?;
             save_token(gw, admin, &actor, id, &region, body).await
         }
-        (TOKENS, Method::DELETE, Some(id)) => delete(gw, admin, &actor, false, &id, &region).await,
+        (TOKENS, Method::DELETE, Some(id)) => delete(admin, &actor, false, &id, &region).await,
         _ => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "DELETE needs an object id",
@@ -510,93 +511,86 @@ async fn save_policy(
     region: &str,
     body: Value,
 ) -> ApiResult {
-    let mut st = admin.state.lock().await;
-    let mut next = st.data.clone();
-    let now = now_rfc3339();
-    let id = match id {
-        None => {
-            let name = str_field(&body, "name")?.unwrap_or_default();
-            if !valid_cloud_name(&name) {
-                return Err(ApiError::bad("name must be 1-255 characters of [a-z0-9_-]"));
-            }
-            if gw.store.snapshot().policies.contains_key(&name)
-                || next.cloud_policies.values().any(|p| p.name == name)
-            {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("an access policy named {name:?} exists"),
-                ));
-            }
-            let realms = realms_from(&body)?;
-            // the org realm's identifier; for stack realms only, the org their tenants belong
-            // to (as Grafana Cloud reports a stack policy's org); empty if neither tells
-            let snap = gw.store.snapshot();
-            let org_id = realms
-                .iter()
-                .find(|r| r.kind == "org")
-                .map(|r| r.identifier.clone())
-                .or_else(|| {
-                    realms.iter().find_map(|r| {
-                        snap.tenants
-                            .values()
-                            .find(|t| t.stack.as_deref() == Some(r.identifier.as_str()))
-                            .and_then(|t| t.org.clone())
-                    })
-                })
-                .unwrap_or_default();
-            let p = CloudPolicy {
-                display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
-                name,
-                region: region.to_string(),
-                org_id,
-                scopes: scopes_from(&body)?,
-                realms,
-                allowed_subnets: subnets_from(&body)?.unwrap_or_default(),
-                status: Status::Active,
-                created_at: now.clone(),
-                updated_at: now,
+    let (id, p) = admin
+        .write(actor, |state| {
+            let mut tx = Tx::default();
+            let now = now_rfc3339();
+            let (id, p) = match &id {
+                None => {
+                    let name = str_field(&body, "name")?.unwrap_or_default();
+                    if !valid_cloud_name(&name) {
+                        return Err(ApiError::bad("name must be 1-255 characters of [a-z0-9_-]"));
+                    }
+                    // one namespace with the other dialects' policies (all in the set in force)
+                    let snap = gw.store.snapshot();
+                    if snap.policies.contains_key(&name)
+                        || super::file_defined(&gw.store.file_set(), super::Kind::Policies, &name)
+                        || state.access_policies.contains_key(&name)
+                    {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            format!("an access policy named {name:?} exists"),
+                        ));
+                    }
+                    let realms = realms_from(&body)?;
+                    // the org realm's identifier; for stack realms only, the org their tenants
+                    // belong to (as Grafana Cloud reports a stack policy's org); empty if
+                    // neither tells
+                    let org_id = realms
+                        .iter()
+                        .find(|r| r.kind == "org")
+                        .map(|r| r.identifier.clone())
+                        .or_else(|| {
+                            realms.iter().find_map(|r| {
+                                snap.tenants
+                                    .values()
+                                    .find(|t| t.stack.as_deref() == Some(r.identifier.as_str()))
+                                    .and_then(|t| t.org.clone())
+                            })
+                        })
+                        .unwrap_or_default();
+                    let p = CloudPolicy {
+                        display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
+                        name,
+                        region: region.to_string(),
+                        org_id,
+                        scopes: scopes_from(&body)?,
+                        realms,
+                        allowed_subnets: subnets_from(&body)?.unwrap_or_default(),
+                        status: Status::Active,
+                        created_at: now.clone(),
+                        updated_at: now,
+                    };
+                    (uuid_v4()?, p)
+                }
+                Some(id) => {
+                    let mut p = policy_in(state, id, region)?.clone();
+                    let status = super::status_of(&body)?;
+                    if body.get("realms").is_some() {
+                        p.realms = realms_from(&body)?;
+                    }
+                    if body.get("scopes").is_some() {
+                        p.scopes = scopes_from(&body)?;
+                    }
+                    if let Some(s) = subnets_from(&body)? {
+                        p.allowed_subnets = s;
+                    }
+                    if let Some(d) = display_name(&body)? {
+                        p.display_name = d;
+                    }
+                    if let Some(s) = status {
+                        p.status = s;
+                    }
+                    p.updated_at = now;
+                    (id.clone(), p)
+                }
             };
-            let id = uuid_v4()?;
-            next.cloud_policies.insert(id.clone(), p);
-            id
-        }
-        Some(id) => {
-            policy_in(&st.data, &id, region)?;
-            let status = super::status_of(&body)?;
-            let realms = match body.get("realms") {
-                None => None,
-                Some(_) => Some(realms_from(&body)?),
-            };
-            let scopes = match body.get("scopes") {
-                None => None,
-                Some(_) => Some(scopes_from(&body)?),
-            };
-            let subnets = subnets_from(&body)?;
-            let dn = display_name(&body)?;
-            let p = next.cloud_policies.get_mut(&id).expect("checked above");
-            if let Some(r) = realms {
-                p.realms = r;
-            }
-            if let Some(s) = scopes {
-                p.scopes = s;
-            }
-            if let Some(s) = subnets {
-                p.allowed_subnets = s;
-            }
-            if let Some(d) = dn {
-                p.display_name = d;
-            }
-            if let Some(s) = status {
-                p.status = s;
-            }
-            p.updated_at = now;
-            id
-        }
-    };
-    commit(gw, admin, &mut st, next).await?;
-    let p = &st.data.cloud_policies[&id];
+            tx.put(Collection::CloudPolicies, &id, &p);
+            Ok((tx, (id, p)))
+        })
+        .await?;
     super::audit_cloud(actor, "save", "access_policy", &p.name, &id);
-    Ok(json_response(StatusCode::OK, &policy_view(&id, p), None))
+    Ok(json_response(StatusCode::OK, &policy_view(&id, &p), None))
 }
 
 async fn save_token(
@@ -607,70 +601,67 @@ async fn save_token(
     region: &str,
     body: Value,
 ) -> ApiResult {
-    let mut st = admin.state.lock().await;
-    let mut next = st.data.clone();
-    let now = now_rfc3339();
-    let mut text = None;
-    let id = match id {
-        None => {
-            let name = str_field(&body, "name")?.unwrap_or_default();
-            if !valid_cloud_name(&name) {
-                return Err(ApiError::bad("name must be 1-255 characters of [a-z0-9_-]"));
-            }
-            let ap = str_field(&body, "accessPolicyId")?
-                .ok_or_else(|| ApiError::bad("accessPolicyId is required"))?;
-            let policy = policy_in(&st.data, &ap, region)
-                .map_err(|_| ApiError::bad(format!("unknown accessPolicyId {ap:?}")))?;
-            if next
-                .cloud_tokens
-                .values()
-                .any(|t| t.name == name && t.access_policy_id == ap)
-            {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("a token named {name:?} exists for this access policy"),
-                ));
-            }
-            let minted =
-                token::mint_glc(&policy.org_id, &policy.name, &name, region).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("no randomness: {e}"),
-                    )
-                })?;
-            let t = CloudToken {
-                display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
-                name,
-                access_policy_id: ap,
-                expires_at: expires_at_of(&body)?.flatten(),
-                hash: TokenHash::of(&minted).stored(),
-                created_at: now.clone(),
-                updated_at: now,
+    let (id, t, text) = admin
+        .write(actor, |state| {
+            let mut tx = Tx::default();
+            let now = now_rfc3339();
+            let mut text = None;
+            let (id, t) = match &id {
+                None => {
+                    let name = str_field(&body, "name")?.unwrap_or_default();
+                    if !valid_cloud_name(&name) {
+                        return Err(ApiError::bad("name must be 1-255 characters of [a-z0-9_-]"));
+                    }
+                    let ap = str_field(&body, "accessPolicyId")?
+                        .ok_or_else(|| ApiError::bad("accessPolicyId is required"))?;
+                    let policy = policy_in(state, &ap, region)
+                        .map_err(|_| ApiError::bad(format!("unknown accessPolicyId {ap:?}")))?;
+                    if state
+                        .cloud_tokens_of(&ap)
+                        .any(|id| state.cloud_tokens.get(id).is_some_and(|t| t.name == name))
+                    {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            format!("a token named {name:?} exists for this access policy"),
+                        ));
+                    }
+                    let minted = token::mint_glc(&policy.org_id, &policy.name, &name, region)
+                        .map_err(|e| {
+                            ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                format!("no randomness: {e}"),
+                            )
+                        })?;
+                    let t = CloudToken {
+                        display_name: display_name(&body)?.unwrap_or_else(|| name.clone()),
+                        name,
+                        access_policy_id: ap,
+                        expires_at: expires_at_of(&body)?.flatten(),
+                        hash: TokenHash::of(&minted).stored(),
+                        created_at: now.clone(),
+                        updated_at: now,
+                    };
+                    text = Some(minted);
+                    (uuid_v4()?, t)
+                }
+                Some(id) => {
+                    let mut t = token_in(state, id, region)?.clone();
+                    if let Some(e) = expires_at_of(&body)? {
+                        t.expires_at = e;
+                    }
+                    if let Some(d) = display_name(&body)? {
+                        t.display_name = d;
+                    }
+                    t.updated_at = now;
+                    (id.clone(), t)
+                }
             };
-            let id = uuid_v4()?;
-            next.cloud_tokens.insert(id.clone(), t);
-            text = Some(minted);
-            id
-        }
-        Some(id) => {
-            token_in(&st.data, &id, region)?;
-            let exp = expires_at_of(&body)?;
-            let dn = display_name(&body)?;
-            let t = next.cloud_tokens.get_mut(&id).expect("checked above");
-            if let Some(e) = exp {
-                t.expires_at = e;
-            }
-            if let Some(d) = dn {
-                t.display_name = d;
-            }
-            t.updated_at = now;
-            id
-        }
-    };
-    commit(gw, admin, &mut st, next).await?;
-    let t = &st.data.cloud_tokens[&id];
+            tx.put(Collection::CloudTokens, &id, &t);
+            Ok((tx, (id, t, text)))
+        })
+        .await?;
     super::audit_cloud(actor, "save", "token", &t.name, &id);
-    let mut v = token_view(&id, t, gw.store.usage(&t.hash));
+    let mut v = token_view(&id, &t, gw.store.usage(&t.hash));
     if let Some(text) = text {
         // the only time the token text is ever shown
         v["token"] = Value::String(text);
@@ -679,27 +670,31 @@ async fn save_token(
 }
 
 async fn delete(
-    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     policy: bool,
     id: &str,
     region: &str,
 ) -> ApiResult {
-    let mut st = admin.state.lock().await;
-    let mut next = st.data.clone();
-    let name = if policy {
-        let name = policy_in(&st.data, id, region)?.name.clone();
-        next.cloud_policies.remove(id);
-        // its tokens go with it
-        next.cloud_tokens.retain(|_, t| t.access_policy_id != id);
-        name
-    } else {
-        let name = token_in(&st.data, id, region)?.name.clone();
-        next.cloud_tokens.remove(id);
-        name
-    };
-    commit(gw, admin, &mut st, next).await?;
+    let name = admin
+        .write(actor, |state| {
+            let mut tx = Tx::default();
+            let name = if policy {
+                let name = policy_in(state, id, region)?.name.clone();
+                tx.delete(Collection::CloudPolicies, id);
+                // its tokens go with it
+                for tid in state.cloud_tokens_of(id) {
+                    tx.delete(Collection::CloudTokens, tid);
+                }
+                name
+            } else {
+                let name = token_in(state, id, region)?.name.clone();
+                tx.delete(Collection::CloudTokens, id);
+                name
+            };
+            Ok((tx, name))
+        })
+        .await?;
     super::audit_cloud(
         actor,
         "delete",

@@ -10,11 +10,15 @@
 
 pub mod cloud;
 pub mod sa;
+pub mod state;
+pub mod sync;
+
+pub use sync::Admin;
+use state::{Collection, Tx};
 
 use crate::auth;
-use crate::persist::{Document, PersistError, Versioned};
-use crate::policy::{self, AccessPolicy, Realm, RealmTarget, Scope, Status, Tenant, valid_name};
-use crate::store::{Overlay, Snapshot, TokenOwner, TokenRecord};
+use crate::policy::{self, RealmTarget, Scope, Status, valid_name};
+use crate::store::{Snapshot, TokenOwner};
 use crate::token::{self, TokenHash};
 use crate::wire::{Body, Conn, error_response, full};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -53,6 +57,10 @@ pub struct ApiState {
     pub sa_tokens: BTreeMap<u64, sa::SaTokenObj>,
     #[serde(default)]
     pub next_id: u64,
+    /// Tokens by owner (Cloud policy id, service-account id): derived, never stored; kept by
+    /// [`ApiState::apply`] and rebuilt by [`ApiState::reindex`] after a load.
+    #[serde(skip)]
+    pub owners: state::Owners,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,167 +175,6 @@ pub struct TokenObj {
     pub hash: String,
 }
 
-impl ApiState {
-    /// The data-plane objects these stand for. `cluster` is this gateway's: Cloud realms
-    /// (org, stack) match tenants of it.
-    pub fn overlay(&self, cluster: &str) -> Overlay {
-        let tenants = self
-            .tenants
-            .iter()
-            .map(|(name, t)| Tenant {
-                name: name.clone(),
-                cluster: t.cluster.clone(),
-                status: t.status,
-                org: None,
-                stack: None,
-            })
-            .collect();
-        let policies: Vec<AccessPolicy> = self
-            .access_policies
-            .iter()
-            .map(|(name, p)| AccessPolicy {
-                name: name.clone(),
-                display_name: p.display_name.clone(),
-                status: p.status,
-                scopes: p.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-                realms: p
-                    .realms
-                    .iter()
-                    .map(|r| Realm {
-                        target: if r.tenant == "*" {
-                            RealmTarget::AllTenants
-                        } else {
-                            RealmTarget::Tenant(r.tenant.clone())
-                        },
-                        cluster: r.cluster.clone(),
-                        label_policies: r
-                            .label_policies
-                            .iter()
-                            .map(|t| stored_selector(t))
-                            .collect(),
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-                allowed_subnets: Arc::from(Vec::new()),
-            })
-            .collect();
-        let tokens: Vec<TokenRecord> = self
-            .tokens
-            .iter()
-            .filter_map(|(name, t)| {
-                Some(TokenRecord {
-                    name: name.clone(),
-                    owner: TokenOwner::Policy(t.access_policy.clone()),
-                    status: t.status,
-                    // the earlier of the token's expiration and its (v1) policy's
-                    expires_at: [
-                        expiry(t.expiration.as_deref()),
-                        self.access_policies
-                            .get(&t.access_policy)
-                            .and_then(|p| expiry(p.expiration.as_deref())),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min(),
-                    // a hash that does not parse matches nothing: fail closed
-                    hash: TokenHash::parse_stored(&t.hash)?,
-                })
-            })
-            .collect();
-        let mut policies: Vec<AccessPolicy> = policies;
-        let mut tokens: Vec<TokenRecord> = tokens;
-        for p in self.cloud_policies.values() {
-            policies.push(AccessPolicy {
-                name: p.name.clone(),
-                display_name: Some(p.display_name.clone()),
-                status: p.status,
-                scopes: p.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-                realms: p
-                    .realms
-                    .iter()
-                    .map(|r| Realm {
-                        target: if r.kind == "org" {
-                            RealmTarget::Org(r.identifier.clone())
-                        } else {
-                            RealmTarget::Stack(r.identifier.clone())
-                        },
-                        cluster: cluster.to_string(),
-                        // validated when saved; one that no longer parses is dropped, and a
-                        // realm left without its policies would be unrestricted: fail closed
-                        // by keeping a selector that matches nothing instead
-                        label_policies: r
-                            .label_policies
-                            .iter()
-                            .map(|s| {
-                                crate::selector::parse_selector(s).unwrap_or_else(|_| {
-                                    crate::selector::parse_selector(
-                                        "{__obsgate_unparsable__=\"x\"}",
-                                    )
-                                    .expect("static selector parses")
-                                })
-                            })
-                            .collect(),
-                    })
-                    .collect::<Vec<_>>()
-                    .into(),
-                allowed_subnets: p
-                    .allowed_subnets
-                    .iter()
-                    .filter_map(|s| crate::config::Cidr::parse(s).ok())
-                    .collect::<Vec<_>>()
-                    .into(),
-            });
-        }
-        for t in self.cloud_tokens.values() {
-            let (Some(p), Some(hash)) = (
-                self.cloud_policies.get(&t.access_policy_id),
-                TokenHash::parse_stored(&t.hash),
-            ) else {
-                continue;
-            };
-            tokens.push(TokenRecord {
-                name: t.name.clone(),
-                owner: TokenOwner::Policy(p.name.clone()),
-                status: Status::Active,
-                expires_at: expiry(t.expires_at.as_deref()),
-                hash,
-            });
-        }
-        let service_accounts = self
-            .service_accounts
-            .values()
-            .map(|s| crate::policy::ServiceAccount {
-                name: s.name.clone(),
-                role: s.role,
-                org: s.org_id.clone(),
-                disabled: s.disabled,
-                access_policy: None,
-            })
-            .collect();
-        for t in self.sa_tokens.values() {
-            let (Some(owner), Some(hash)) = (
-                self.service_accounts.get(&t.service_account),
-                TokenHash::parse_stored(&t.hash),
-            ) else {
-                continue;
-            };
-            tokens.push(TokenRecord {
-                name: t.name.clone(),
-                owner: TokenOwner::ServiceAccount(owner.name.clone()),
-                status: Status::Active,
-                expires_at: expiry(t.expiration.as_deref()),
-                hash,
-            });
-        }
-        Overlay {
-            tenants,
-            policies,
-            tokens,
-            service_accounts,
-        }
-    }
-}
-
 fn audit_cloud(actor: &str, action: &str, kind: &str, name: &str, id: &str) {
     tracing::info!(target: "obsgate::audit", actor, action, kind, name, id, "admin change");
 }
@@ -356,39 +203,6 @@ fn unix_of(rfc3339: &str) -> Option<i64> {
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
-}
-
-/// The admin API's state: the persisted document and its in-memory copy.
-pub struct Admin {
-    doc: Document,
-    state: tokio::sync::Mutex<Versioned<ApiState>>,
-    cluster: String,
-}
-
-impl Admin {
-    /// Loads `data_dir/admin-state.json` (an unreadable or corrupt document is an error: the
-    /// gateway does not start rather than forget objects).
-    pub fn open(data_dir: &std::path::Path, cluster: &str) -> Result<Admin, PersistError> {
-        let doc = Document::new(data_dir, "admin-state");
-        doc.remove_stale_temps();
-        let state = doc.load::<ApiState>()?.unwrap_or(Versioned {
-            version: 0,
-            data: ApiState::default(),
-        });
-        Ok(Admin {
-            doc,
-            state: tokio::sync::Mutex::new(state),
-            cluster: cluster.to_string(),
-        })
-    }
-
-    /// The overlay to merge at startup.
-    pub fn initial_overlay(&self) -> Overlay {
-        self.state
-            .try_lock()
-            .map(|s| s.data.overlay(&self.cluster))
-            .unwrap_or_default()
-    }
 }
 
 /// A failed admin call: status and message.
@@ -467,7 +281,7 @@ pub struct AdminService {
     pub store: Arc<crate::store::Store>,
     pub metrics: Arc<crate::telemetry::Metrics>,
     /// The admin API's state (`None`: the API answers 503).
-    pub admin: Option<Admin>,
+    pub admin: Option<Arc<Admin>>,
     /// Failed-authentication throttling, shared with the data plane (`None`: off).
     pub throttle: Option<Arc<crate::throttle::AuthThrottle>>,
 }
@@ -1066,41 +880,6 @@ fn expiration_of(body: &Value) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Persists `next` as the new state and puts it in force on the data plane.
-async fn commit(
-    gw: &AdminService,
-    admin: &Admin,
-    state: &mut Versioned<ApiState>,
-    next: ApiState,
-) -> Result<(), ApiError> {
-    let doc = admin.doc.clone();
-    let expected = state.version;
-    let to_save = next.clone();
-    let saved = tokio::task::spawn_blocking(move || doc.save(expected, &to_save))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("write task failed: {e}"),
-            )
-        })?;
-    let version = saved.map_err(|e| {
-        tracing::error!("admin state not saved: {e}");
-        // the disk (full, read-only, gone): the change was refused whole; the data plane
-        // carries on with the set in force
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the change could not be saved (storage unavailable); nothing was changed",
-        )
-    })?;
-    gw.store.set_overlay(next.overlay(&admin.cluster));
-    *state = Versioned {
-        version,
-        data: next,
-    };
-    Ok(())
-}
-
 fn audit(actor: &str, action: &str, kind: Kind, name: &str) {
     tracing::info!(target: "obsgate::audit", actor, action, kind = kind.label(), name, "admin change");
 }
@@ -1125,91 +904,91 @@ async fn create(
         )));
     }
     let display_name = opt_str(&body, "display_name")?;
-    let mut state = admin.state.lock().await;
-    let snap = gw.store.snapshot();
-    let files = gw.store.file_set();
-    let exists = file_defined(&files, kind, &name)
-        || match kind {
-            Kind::Tenants => state.data.tenants.contains_key(&name),
-            // one namespace for access policies across the dialects
-            Kind::Policies => {
-                state.data.access_policies.contains_key(&name)
-                    || state.data.cloud_policies.values().any(|p| p.name == name)
+    let (view, token_text) = admin
+        .write(actor, |state| {
+            let snap = gw.store.snapshot();
+            let files = gw.store.file_set();
+            let exists = file_defined(&files, kind, &name)
+                || match kind {
+                    Kind::Tenants => state.tenants.contains_key(&name),
+                    // one namespace for access policies across the dialects
+                    Kind::Policies => {
+                        state.access_policies.contains_key(&name)
+                            || snap.policies.contains_key(&name)
+                    }
+                    Kind::Tokens => state.tokens.contains_key(&name),
+                };
+            if exists {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{} {name:?} already exists (an inactive one can be re-activated with PUT)",
+                        kind.label()
+                    ),
+                ));
             }
-            Kind::Tokens => state.data.tokens.contains_key(&name),
-        };
-    if exists {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "{} {name:?} already exists (an inactive one can be re-activated with PUT)",
-                kind.label()
-            ),
-        ));
-    }
-    let mut next = state.data.clone();
-    let now = now_rfc3339();
-    let mut token_text = None;
-    let view = match kind {
-        Kind::Tenants => {
-            let t = TenantObj {
-                version: 1,
-                created_at: now,
-                display_name,
-                status: Status::Active,
-                cluster: cluster_of(&snap, &body)?,
+            let mut tx = Tx::default();
+            let now = now_rfc3339();
+            let mut token_text = None;
+            let view = match kind {
+                Kind::Tenants => {
+                    let t = TenantObj {
+                        version: 1,
+                        created_at: now,
+                        display_name: display_name.clone(),
+                        status: Status::Active,
+                        cluster: cluster_of(&snap, &body)?,
+                    };
+                    tx.put(Collection::Tenants, &name, &t);
+                    tenant_view(&name, &t)
+                }
+                Kind::Policies => {
+                    let p = PolicyObj {
+                        version: 1,
+                        created_at: now,
+                        display_name: display_name.clone(),
+                        status: Status::Active,
+                        realms: realms_of(&snap, &body, d)?,
+                        scopes: scopes_of(&body)?,
+                        // a v1 field; v3 policies have none
+                        expiration: match d {
+                            Dialect::V1 => expiration_of(&body)?,
+                            Dialect::V3 => None,
+                        },
+                    };
+                    tx.put(Collection::AccessPolicies, &name, &p);
+                    policy_view(&name, &p, d)
+                }
+                Kind::Tokens => {
+                    let ap = opt_str(&body, "access_policy")?
+                        .ok_or_else(|| ApiError::bad("access_policy is required"))?;
+                    if !snap.policies.contains_key(&ap) {
+                        return Err(ApiError::bad(format!("unknown access policy {ap:?}")));
+                    }
+                    let text = token::mint_glc("", &ap, &name, "obsgate").map_err(|e| {
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("no randomness: {e}"),
+                        )
+                    })?;
+                    let t = TokenObj {
+                        version: 1,
+                        created_at: now,
+                        created_by: actor.to_string(),
+                        display_name: display_name.clone(),
+                        status: Status::Active,
+                        access_policy: ap,
+                        expiration: expiration_of(&body)?,
+                        hash: TokenHash::of(&text).stored(),
+                    };
+                    tx.put(Collection::Tokens, &name, &t);
+                    token_text = Some(text);
+                    token_view(&name, &t)
+                }
             };
-            let v = tenant_view(&name, &t);
-            next.tenants.insert(name.clone(), t);
-            v
-        }
-        Kind::Policies => {
-            let p = PolicyObj {
-                version: 1,
-                created_at: now,
-                display_name,
-                status: Status::Active,
-                realms: realms_of(&snap, &body, d)?,
-                scopes: scopes_of(&body)?,
-                // a v1 field; v3 policies have none
-                expiration: match d {
-                    Dialect::V1 => expiration_of(&body)?,
-                    Dialect::V3 => None,
-                },
-            };
-            let v = policy_view(&name, &p, d);
-            next.access_policies.insert(name.clone(), p);
-            v
-        }
-        Kind::Tokens => {
-            let ap = opt_str(&body, "access_policy")?
-                .ok_or_else(|| ApiError::bad("access_policy is required"))?;
-            if !snap.policies.contains_key(&ap) {
-                return Err(ApiError::bad(format!("unknown access policy {ap:?}")));
-            }
-            let text = token::mint_glc("", &ap, &name, "obsgate").map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("no randomness: {e}"),
-                )
-            })?;
-            let t = TokenObj {
-                version: 1,
-                created_at: now,
-                created_by: actor.to_string(),
-                display_name,
-                status: Status::Active,
-                access_policy: ap,
-                expiration: expiration_of(&body)?,
-                hash: TokenHash::of(&text).stored(),
-            };
-            let v = token_view(&name, &t);
-            next.tokens.insert(name.clone(), t);
-            token_text = Some(text);
-            v
-        }
-    };
-    commit(gw, admin, &mut state, next).await?;
+            Ok((tx, (view, token_text)))
+        })
+        .await?;
     audit(actor, "create", kind, &name);
     let mut view = view;
     if let (Some(text), Some(o)) = (token_text, view.as_object_mut()) {
@@ -1273,60 +1052,60 @@ async fn update(
     body: Value,
     d: Dialect,
 ) -> ApiResult {
-    let mut state = admin.state.lock().await;
-    let snap = gw.store.snapshot();
-    let current = writable_version(gw, &state.data, kind, name, if_match)?;
     let status = status_of(&body)?;
-    let mut next = state.data.clone();
-    let view = match kind {
-        Kind::Tenants => {
-            // a PUT replaces the object, as in the reference: what the body omits is cleared
-            // (display_name) or takes its create-time default (cluster); name and created_at
-            // cannot change, and an omitted status is kept
-            let cluster = cluster_of(&snap, &body)?;
-            let display_name = opt_str(&body, "display_name")?;
-            let t = next.tenants.get_mut(name).expect("checked above");
-            t.cluster = cluster;
-            t.display_name = display_name;
-            if let Some(s) = status {
-                t.status = s;
-            }
-            t.version += 1;
-            tenant_view(name, t)
-        }
-        Kind::Policies => {
-            // replaced as a whole, like a tenant: omitted realms or scopes become empty
-            let realms = realms_of(&snap, &body, d)?;
-            let scopes = scopes_of(&body)?;
-            let display_name = opt_str(&body, "display_name")?;
-            let p = next.access_policies.get_mut(name).expect("checked above");
-            p.realms = realms;
-            p.scopes = scopes;
-            p.display_name = display_name;
-            if let Some(s) = status {
-                p.status = s;
-            }
-            p.version += 1;
-            policy_view(name, p, d)
-        }
-        // a token's policy and expiration are fixed at creation (the reference's example PUTs
-        // only a status): what the body omits is kept
-        Kind::Tokens => {
-            let display_name = opt_str(&body, "display_name")?;
-            let t = next.tokens.get_mut(name).expect("checked above");
-            if display_name.is_some() {
-                t.display_name = display_name;
-            }
-            if let Some(s) = status {
-                t.status = s;
-            }
-            t.version += 1;
-            token_view(name, t)
-        }
-    };
-    commit(gw, admin, &mut state, next).await?;
+    let (view, version) = admin
+        .write(actor, |state| {
+            let snap = gw.store.snapshot();
+            let current = writable_version(gw, state, kind, name, if_match)?;
+            let mut tx = Tx::default();
+            let view = match kind {
+                Kind::Tenants => {
+                    // a PUT replaces the object, as in the reference: what the body omits is
+                    // cleared (display_name) or takes its create-time default (cluster); name
+                    // and created_at cannot change, and an omitted status is kept
+                    let mut t = state.tenants[name].clone();
+                    t.cluster = cluster_of(&snap, &body)?;
+                    t.display_name = opt_str(&body, "display_name")?;
+                    if let Some(s) = status {
+                        t.status = s;
+                    }
+                    t.version += 1;
+                    tx.put(Collection::Tenants, name, &t);
+                    tenant_view(name, &t)
+                }
+                Kind::Policies => {
+                    // replaced as a whole, like a tenant: omitted realms or scopes become empty
+                    let mut p = state.access_policies[name].clone();
+                    p.realms = realms_of(&snap, &body, d)?;
+                    p.scopes = scopes_of(&body)?;
+                    p.display_name = opt_str(&body, "display_name")?;
+                    if let Some(s) = status {
+                        p.status = s;
+                    }
+                    p.version += 1;
+                    tx.put(Collection::AccessPolicies, name, &p);
+                    policy_view(name, &p, d)
+                }
+                // a token's policy and expiration are fixed at creation (the reference's
+                // example PUTs only a status): what the body omits is kept
+                Kind::Tokens => {
+                    let mut t = state.tokens[name].clone();
+                    if let Some(dn) = opt_str(&body, "display_name")? {
+                        t.display_name = Some(dn);
+                    }
+                    if let Some(s) = status {
+                        t.status = s;
+                    }
+                    t.version += 1;
+                    tx.put(Collection::Tokens, name, &t);
+                    token_view(name, &t)
+                }
+            };
+            Ok((tx, (view, current + 1)))
+        })
+        .await?;
     audit(actor, "update", kind, name);
-    Ok(json_response(StatusCode::OK, &view, Some(current + 1)))
+    Ok(json_response(StatusCode::OK, &view, Some(version)))
 }
 
 /// GEM v1's DELETE (hard, with `If-Match`). A deleted policy's tokens stop working (their owner
@@ -1339,21 +1118,19 @@ async fn delete(
     name: &str,
     if_match: Option<u64>,
 ) -> ApiResult {
-    let mut state = admin.state.lock().await;
-    writable_version(gw, &state.data, kind, name, if_match)?;
-    let mut next = state.data.clone();
-    match kind {
-        Kind::Tenants => {
-            next.tenants.remove(name);
-        }
-        Kind::Policies => {
-            next.access_policies.remove(name);
-        }
-        Kind::Tokens => {
-            next.tokens.remove(name);
-        }
-    }
-    commit(gw, admin, &mut state, next).await?;
+    admin
+        .write(actor, |state| {
+            writable_version(gw, state, kind, name, if_match)?;
+            let mut tx = Tx::default();
+            let c = match kind {
+                Kind::Tenants => Collection::Tenants,
+                Kind::Policies => Collection::AccessPolicies,
+                Kind::Tokens => Collection::Tokens,
+            };
+            tx.delete(c, name);
+            Ok((tx, ()))
+        })
+        .await?;
     audit(actor, "delete", kind, name);
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;

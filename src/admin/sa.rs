@@ -3,8 +3,9 @@
 //! tokens answer 401; roles map to scopes as SPEC 3 says. Authorization: `admin`.
 
 use super::AdminService;
+use super::state::{Collection, Tx};
 use super::{
-    Admin, ApiError, ApiResult, ApiState, authenticate, commit, json_response, read_json,
+    Admin, ApiError, ApiResult, ApiState, authenticate, json_response, read_json,
     require_scope,
 };
 use crate::policy::Role;
@@ -98,10 +99,7 @@ fn view(id: u64, sa: &SaObj, tokens: usize) -> Value {
 }
 
 fn token_count(st: &ApiState, id: u64) -> usize {
-    st.sa_tokens
-        .values()
-        .filter(|t| t.service_account == id)
-        .count()
+    st.sa_tokens_of(id).count()
 }
 
 pub async fn handle(gw: &AdminService, conn: &Conn, req: Request<Incoming>) -> Response<Body> {
@@ -172,9 +170,8 @@ async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incom
             let now = chrono::Utc::now().timestamp();
             let list: Vec<Value> = st
                 .data
-                .sa_tokens
-                .iter()
-                .filter(|(_, t)| t.service_account == id)
+                .sa_tokens_of(id)
+                .filter_map(|tid| st.data.sa_tokens.get(tid).map(|t| (tid, t)))
                 .map(|(tid, t)| {
                     let exp = t.expiration.as_deref().and_then(super::unix_of);
                     json!({
@@ -193,14 +190,14 @@ async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incom
         (Method::POST, [id, "tokens"]) => {
             let id = parse_id(id)?;
             let body = read_json(req).await?;
-            create_token(gw, admin, actor, id, body).await
+            create_token(admin, actor, id, body).await
         }
         (Method::DELETE, [id, "tokens", tid]) => {
             let id = parse_id(id)?;
             let tid = tid
                 .parse::<u64>()
                 .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such token"))?;
-            delete_token(gw, admin, actor, id, tid).await
+            delete_token(admin, actor, id, tid).await
         }
         (_, [] | ["search"] | [_] | [_, "tokens"] | [_, "tokens", _]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -261,82 +258,77 @@ async fn create(gw: &AdminService, admin: &Admin, actor: &str, body: Value) -> A
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(_) => return Err(ApiError::bad("orgId must be a number or a string")),
     };
-    let mut st = admin.state.lock().await;
-    if gw.store.snapshot().service_accounts.contains_key(&name)
-        || st.data.service_accounts.values().any(|s| s.name == name)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("service account {name:?} already exists"),
-        ));
-    }
-    let mut next = st.data.clone();
-    next.next_id += 1;
-    let id = next.next_id;
-    let now = now_secs();
-    next.service_accounts.insert(
-        id,
-        SaObj {
-            name: name.clone(),
-            role,
-            org_id,
-            disabled,
-            created_at: now.clone(),
-            updated_at: now,
-        },
-    );
-    commit(gw, admin, &mut st, next).await?;
+    let (id, sa) = admin
+        .write(actor, |state| {
+            if gw.store.file_set().service_accounts.contains_key(&name)
+                || gw.store.snapshot().service_accounts.contains_key(&name)
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("service account {name:?} already exists"),
+                ));
+            }
+            let mut tx = Tx::default();
+            let id = state.next_id + 1;
+            tx.next_id = Some(id);
+            let now = now_secs();
+            let sa = SaObj {
+                name: name.clone(),
+                role,
+                org_id: org_id.clone(),
+                disabled,
+                created_at: now.clone(),
+                updated_at: now,
+            };
+            tx.put(Collection::ServiceAccounts, id, &sa);
+            Ok((tx, (id, sa)))
+        })
+        .await?;
     super::audit_cloud(actor, "create", "service_account", &name, &id.to_string());
-    let sa = &st.data.service_accounts[&id];
-    Ok(json_response(StatusCode::CREATED, &view(id, sa, 0), None))
+    Ok(json_response(StatusCode::CREATED, &view(id, &sa, 0), None))
 }
 
 async fn patch(gw: &AdminService, admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
     let role = role_of(&body)?;
     let disabled = bool_of(&body, "isDisabled")?;
     let name = super::opt_str(&body, "name")?;
-    let mut st = admin.state.lock().await;
-    if !st.data.service_accounts.contains_key(&id) {
-        return Err(not_found(id));
-    }
-    if let Some(n) = &name {
-        if n.trim().is_empty() || n.len() > 190 {
-            return Err(ApiError::bad("name must be 1-190 characters"));
-        }
-        let taken = gw.store.snapshot().service_accounts.contains_key(n)
-            || st
-                .data
-                .service_accounts
-                .iter()
-                .any(|(other, s)| *other != id && s.name == *n);
-        if taken && st.data.service_accounts[&id].name != *n {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("service account {n:?} already exists"),
-            ));
-        }
-    }
-    let mut next = st.data.clone();
-    let sa = next.service_accounts.get_mut(&id).expect("checked above");
-    if let Some(n) = name {
-        sa.name = n;
-    }
-    if let Some(r) = role {
-        sa.role = r;
-    }
-    if let Some(d) = disabled {
-        sa.disabled = d;
-    }
-    sa.updated_at = now_secs();
-    let label = sa.name.clone();
-    commit(gw, admin, &mut st, next).await?;
-    super::audit_cloud(actor, "update", "service_account", &label, &id.to_string());
-    let sa = &st.data.service_accounts[&id];
-    Ok(json_response(
-        StatusCode::OK,
-        &view(id, sa, token_count(&st.data, id)),
-        None,
-    ))
+    let (sa, tokens) = admin
+        .write(actor, |state| {
+            let Some(current) = state.service_accounts.get(&id) else {
+                return Err(not_found(id));
+            };
+            if let Some(n) = &name {
+                if n.trim().is_empty() || n.len() > 190 {
+                    return Err(ApiError::bad("name must be 1-190 characters"));
+                }
+                // file-defined names, and other accounts' (all in the set in force)
+                let taken = gw.store.file_set().service_accounts.contains_key(n)
+                    || gw.store.snapshot().service_accounts.contains_key(n);
+                if taken && current.name != *n {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("service account {n:?} already exists"),
+                    ));
+                }
+            }
+            let mut sa = current.clone();
+            if let Some(n) = &name {
+                sa.name = n.clone();
+            }
+            if let Some(r) = role {
+                sa.role = r;
+            }
+            if let Some(d) = disabled {
+                sa.disabled = d;
+            }
+            sa.updated_at = now_secs();
+            let mut tx = Tx::default();
+            tx.put(Collection::ServiceAccounts, id, &sa);
+            Ok((tx, (sa, token_count(state, id))))
+        })
+        .await?;
+    super::audit_cloud(actor, "update", "service_account", &sa.name, &id.to_string());
+    Ok(json_response(StatusCode::OK, &view(id, &sa, tokens), None))
 }
 
 /// Grafana's `secondsToLive`; 0 or absent = never expires.
@@ -367,7 +359,6 @@ fn expiration_after(now: chrono::DateTime<chrono::Utc>, ttl: i64) -> Option<Stri
 const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
 
 async fn create_token(
-    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     id: u64,
@@ -377,42 +368,44 @@ async fn create_token(
         .filter(|n| !n.trim().is_empty() && n.len() <= 190)
         .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
     let ttl = seconds_to_live(&body)?;
-    let mut st = admin.state.lock().await;
-    if !st.data.service_accounts.contains_key(&id) {
-        return Err(not_found(id));
-    }
-    if st
-        .data
-        .sa_tokens
-        .values()
-        .any(|t| t.service_account == id && t.name == name)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("this service account has a token named {name:?}"),
-        ));
-    }
-    let key = token::mint_glsa().map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("no randomness: {e}"),
-        )
-    })?;
-    let mut next = st.data.clone();
-    next.next_id += 1;
-    let tid = next.next_id;
-    let now = chrono::Utc::now();
-    next.sa_tokens.insert(
-        tid,
-        SaTokenObj {
-            service_account: id,
-            name: name.clone(),
-            hash: TokenHash::of(&key).stored(),
-            created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            expiration: expiration_after(now, ttl),
-        },
-    );
-    commit(gw, admin, &mut st, next).await?;
+    let (tid, key) = admin
+        .write(actor, |state| {
+            if !state.service_accounts.contains_key(&id) {
+                return Err(not_found(id));
+            }
+            if state
+                .sa_tokens_of(id)
+                .any(|tid| state.sa_tokens.get(tid).is_some_and(|t| t.name == name))
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("this service account has a token named {name:?}"),
+                ));
+            }
+            let key = token::mint_glsa().map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("no randomness: {e}"),
+                )
+            })?;
+            let mut tx = Tx::default();
+            let tid = state.next_id + 1;
+            tx.next_id = Some(tid);
+            let now = chrono::Utc::now();
+            tx.put(
+                Collection::SaTokens,
+                tid,
+                &SaTokenObj {
+                    service_account: id,
+                    name: name.clone(),
+                    hash: TokenHash::of(&key).stored(),
+                    created: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    expiration: expiration_after(now, ttl),
+                },
+            );
+            Ok((tx, (tid, key)))
+        })
+        .await?;
     super::audit_cloud(
         actor,
         "create",
@@ -429,25 +422,21 @@ async fn create_token(
 }
 
 async fn delete_token(
-    gw: &AdminService,
     admin: &Admin,
     actor: &str,
     id: u64,
     tid: u64,
 ) -> ApiResult {
-    let mut st = admin.state.lock().await;
-    let Some(t) = st
-        .data
-        .sa_tokens
-        .get(&tid)
-        .filter(|t| t.service_account == id)
-    else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such token"));
-    };
-    let name = t.name.clone();
-    let mut next = st.data.clone();
-    next.sa_tokens.remove(&tid);
-    commit(gw, admin, &mut st, next).await?;
+    let name = admin
+        .write(actor, |state| {
+            let Some(t) = state.sa_tokens.get(&tid).filter(|t| t.service_account == id) else {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "no such token"));
+            };
+            let mut tx = Tx::default();
+            tx.delete(Collection::SaTokens, tid);
+            Ok((tx, t.name.clone()))
+        })
+        .await?;
     super::audit_cloud(
         actor,
         "delete",

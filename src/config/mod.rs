@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod admin_store;
 pub mod upstream;
+pub use admin_store::{AdminBackend, AdminStoreConfig};
 pub use upstream::{Balance, Component, HealthCheck, Mirror, Topology, UpstreamUrl};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.yaml";
@@ -60,6 +62,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// How often policy files are checked for changes.
     pub poll_interval: Duration,
+    /// `store.admin`: where the admin API's change log lives (absent: the local data dir).
+    pub admin: AdminStoreConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -281,6 +285,7 @@ struct RawStore {
     policy_files: Option<Vec<String>>,
     data_dir: Option<String>,
     poll_interval: Option<PromDuration>,
+    admin: Option<Spanned<admin_store::RawAdminStore>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -693,6 +698,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             "auth_throttle.max_clients must be at least 1 (set burst: 0 to turn throttling off)",
         ));
     }
+    let admin = admin_store::build(path, raw_store.admin, &mut errors);
     let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         errors.push(FileError::whole(
@@ -721,6 +727,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
                 .poll_interval
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_millis(250)),
+            admin,
         },
         backends,
         lbac: raw_lbac.mode,

@@ -100,7 +100,7 @@ impl UpstreamUrl {
 }
 
 /// The URL as it may be shown: a `user:password@` part is replaced by `***@`.
-fn shown(s: &str) -> String {
+pub(super) fn shown(s: &str) -> String {
     let start = s.find("://").map(|i| i + 3).unwrap_or(0);
     let end = s[start..]
         .find(['/', '?', '#'])

@@ -193,12 +193,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         config.cache.ttl,
         metrics.clone(),
     ));
-    let admin = crate::admin::Admin::open(&config.store.data_dir, &config.cluster)
-        .map_err(|e| StartError::Setup(format!("cannot read the admin API's state: {e}")))?;
-    let overlay = admin.initial_overlay();
-    if !overlay.is_empty() {
-        store.set_overlay(overlay);
-    }
+    let admin = crate::admin::Admin::open(&config, store.clone(), metrics.clone())
+        .await
+        .map_err(|e| StartError::Setup(format!("admin store: {e}")))?;
     let gateway = Arc::new(
         Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?,
     );
@@ -209,7 +206,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             config: config.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
-            admin: Some(admin),
+            admin: Some(admin.clone()),
             throttle: gateway.throttle.clone(),
         },
         gateway: gateway.clone(),
@@ -261,6 +258,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
             rx.clone(),
         )));
     }
+    // other replicas' admin changes, every store.admin.poll_interval
+    tasks.push(tokio::spawn(admin.run(rx.clone())));
     tasks.push(tokio::spawn(watch::run(
         store.clone(),
         paths,

@@ -334,6 +334,7 @@ pub fn load_texts(files: &[(&Path, &str)], cluster: &str) -> Result<Snapshot, Fi
                     .map(|c| c.0)
                     .collect::<Vec<_>>()
                     .into(),
+                expires_at: None,
             };
             if policies.insert(n.value.clone(), Arc::new(policy)).is_some() {
                 errs.at(

@@ -1,6 +1,7 @@
 //! The policy store: an immutable [`Snapshot`] swapped atomically (no lock on the request
 //! path) and a bounded cache of resolved tokens that never outlives the snapshot it came from.
 
+pub mod layered;
 pub mod load;
 pub mod watch;
 
@@ -11,6 +12,7 @@ use crate::policy::{
 use crate::telemetry::Metrics;
 use crate::token::TokenHash;
 use arc_swap::ArcSwap;
+use layered::Layered;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,17 +35,82 @@ pub struct TokenRecord {
     pub hash: TokenHash,
 }
 
-/// One consistent, validated policy set. Never mutated after it is built.
+/// The tokens of a snapshot: a base sorted by hash (a binary search on the prefix, then a
+/// constant-time compare) and a delta of admin changes since the base was built, keyed by hash.
+#[derive(Debug, Clone, Default)]
+struct TokenIndex {
+    base: Arc<Vec<TokenRecord>>,
+    delta: HashMap<[u8; 32], Option<TokenRecord>>,
+    len: usize,
+}
+
+impl TokenIndex {
+    fn new(mut tokens: Vec<TokenRecord>) -> TokenIndex {
+        tokens.sort_unstable_by_key(|a| a.hash.0);
+        TokenIndex {
+            len: tokens.len(),
+            base: Arc::new(tokens),
+            delta: HashMap::new(),
+        }
+    }
+
+    fn base_lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
+        let p = h.prefix();
+        let start = self.base.partition_point(|t| t.hash.prefix() < p);
+        self.base[start..]
+            .iter()
+            .take_while(|t| t.hash.prefix() == p)
+            .find(|t| t.hash.ct_eq(h))
+    }
+
+    fn lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
+        match self.delta.get(&h.0) {
+            Some(rec) => rec.as_ref().filter(|r| r.hash.ct_eq(h)),
+            None => self.base_lookup(h),
+        }
+    }
+
+    fn with_changes(&self, changes: impl IntoIterator<Item = ([u8; 32], Option<TokenRecord>)>) -> Self {
+        let mut next = self.clone();
+        for (k, v) in changes {
+            let had = next.lookup(&TokenHash(k)).is_some();
+            match (&v, had) {
+                (Some(_), false) => next.len += 1,
+                (None, true) => next.len -= 1,
+                _ => {}
+            }
+            if v.is_none() && next.base_lookup(&TokenHash(k)).is_none() {
+                next.delta.remove(&k);
+            } else {
+                next.delta.insert(k, v);
+            }
+        }
+        if next.delta.len() > layered::fold_limit(next.base.len()) {
+            let delta = std::mem::take(&mut next.delta);
+            let mut all: Vec<TokenRecord> = next
+                .base
+                .iter()
+                .filter(|t| !delta.contains_key(&t.hash.0))
+                .cloned()
+                .collect();
+            all.extend(delta.into_values().flatten());
+            next = TokenIndex::new(all);
+        }
+        next
+    }
+}
+
+/// One consistent, validated policy set. Never mutated after it is built: an admin change
+/// makes a new one that shares the unchanged part ([`Layered`]).
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     pub cluster: String,
     pub clusters: Vec<String>,
-    pub tenants: HashMap<String, Tenant>,
-    pub policies: HashMap<String, Arc<AccessPolicy>>,
-    pub service_accounts: HashMap<String, ServiceAccount>,
-    /// Sorted by hash: lookup is a binary search on the prefix, then a constant-time compare.
-    tokens: Vec<TokenRecord>,
+    pub tenants: Layered<String, Tenant>,
+    pub policies: Layered<String, Arc<AccessPolicy>>,
+    pub service_accounts: Layered<String, ServiceAccount>,
+    tokens: TokenIndex,
 }
 
 impl Snapshot {
@@ -53,17 +120,16 @@ impl Snapshot {
         tenants: HashMap<String, Tenant>,
         policies: HashMap<String, Arc<AccessPolicy>>,
         service_accounts: HashMap<String, ServiceAccount>,
-        mut tokens: Vec<TokenRecord>,
+        tokens: Vec<TokenRecord>,
     ) -> Snapshot {
-        tokens.sort_unstable_by_key(|a| a.hash.0);
         Snapshot {
             generation: 0,
             cluster,
             clusters,
-            tenants,
-            policies,
-            service_accounts,
-            tokens,
+            tenants: tenants.into(),
+            policies: policies.into(),
+            service_accounts: service_accounts.into(),
+            tokens: TokenIndex::new(tokens),
         }
     }
 
@@ -85,25 +151,21 @@ impl Snapshot {
             tenants: self.tenants.len(),
             access_policies: self.policies.len(),
             service_accounts: self.service_accounts.len(),
-            tokens: self.tokens.len(),
+            tokens: self.tokens.len,
         }
     }
 
+    /// The tokens of a set built in one piece (a policy-file load). Admin changes made since
+    /// are not in it: use [`Snapshot::lookup`] for those.
     pub fn tokens(&self) -> &[TokenRecord] {
-        &self.tokens
+        &self.tokens.base
     }
 
     /// Finds the token whose stored hash equals `h`. The index narrows candidates by prefix;
     /// the final equality is constant-time.
     pub fn lookup(&self, h: &TokenHash) -> Option<&TokenRecord> {
-        let p = h.prefix();
-        let start = self.tokens.partition_point(|t| t.hash.prefix() < p);
-        self.tokens[start..]
-            .iter()
-            .take_while(|t| t.hash.prefix() == p)
-            .find(|t| t.hash.ct_eq(h))
+        self.tokens.lookup(h)
     }
-
     /// Flattens a token, its policy or service account into what `decide` needs.
     pub fn resolve(&self, rec: &TokenRecord) -> Identity {
         type Grant = (String, ScopeSet, Arc<[Realm]>, Arc<[ipnet::IpNet]>);
@@ -124,10 +186,12 @@ impl Snapshot {
             )
         };
         let mut active = rec.status == Status::Active;
+        let mut policy_expiry = None;
         let (policy_name, scopes, realms, subnets): Grant = match &rec.owner {
             TokenOwner::Policy(name) => match self.policies.get(name) {
                 Some(p) => {
                     active &= p.status == Status::Active;
+                    policy_expiry = p.expires_at;
                     of_policy(p)
                 }
                 None => {
@@ -171,7 +235,8 @@ impl Snapshot {
             token_name: rec.name.clone(),
             policy_name,
             active,
-            expires_at: rec.expires_at,
+            // the earlier of the token's expiration and its policy's
+            expires_at: [rec.expires_at, policy_expiry].into_iter().flatten().min(),
             scopes,
             realms,
             allowed_subnets: subnets,
@@ -186,8 +251,8 @@ impl Snapshot {
 pub struct Store {
     snapshot: ArcSwap<Snapshot>,
     /// What the set in force is built from: the last good load of the policy files, and the
-    /// objects created through the admin API. Changing either rebuilds the set in force.
-    sources: std::sync::Mutex<(Arc<Snapshot>, Arc<Overlay>)>,
+    /// objects created through the admin API.
+    sources: std::sync::Mutex<Sources>,
     cache: moka::sync::Cache<[u8; 32], Arc<Identity>>,
     /// First/last use per token hash; survives snapshot changes (not restarts).
     usage: std::sync::Mutex<HashMap<[u8; 32], Arc<crate::policy::Usage>>>,
@@ -195,15 +260,33 @@ pub struct Store {
     metrics: Arc<Metrics>,
 }
 
-/// Objects created through the admin API, merged over the file-defined set. A name defined in a
-/// policy file wins: the API refuses to create it, and a file that later defines it shadows the
-/// API object (with a warning).
+struct Sources {
+    files: Arc<Snapshot>,
+    admin: Overlay,
+    /// `false` while the admin objects are withheld (the admin store is past its maximum
+    /// staleness): only the policy files are in force.
+    admin_in_force: bool,
+}
+
+/// Objects created through the admin API, in data-plane form, merged over the file-defined set.
+/// A name defined in a policy file wins: the API refuses to create it, and a file that later
+/// defines it shadows the API object (with a warning).
 #[derive(Debug, Default, Clone)]
 pub struct Overlay {
-    pub tenants: Vec<Tenant>,
-    pub policies: Vec<AccessPolicy>,
-    pub tokens: Vec<TokenRecord>,
-    pub service_accounts: Vec<ServiceAccount>,
+    pub tenants: HashMap<String, Tenant>,
+    pub policies: HashMap<String, Arc<AccessPolicy>>,
+    pub service_accounts: HashMap<String, ServiceAccount>,
+    /// By hash: tokens are told apart by their secrets, not their names.
+    pub tokens: HashMap<[u8; 32], TokenRecord>,
+}
+
+/// One change to the admin objects in force (`None` removes).
+#[derive(Debug, Clone)]
+pub enum Change {
+    Tenant(String, Option<Tenant>),
+    Policy(String, Option<AccessPolicy>),
+    ServiceAccount(String, Option<ServiceAccount>),
+    Token([u8; 32], Option<TokenRecord>),
 }
 
 impl Overlay {
@@ -213,38 +296,68 @@ impl Overlay {
             && self.tokens.is_empty()
             && self.service_accounts.is_empty()
     }
+
+    fn apply(&mut self, c: &Change) {
+        fn put<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>, k: K, v: Option<V>) {
+            match v {
+                Some(v) => {
+                    m.insert(k, v);
+                }
+                None => {
+                    m.remove(&k);
+                }
+            }
+        }
+        match c.clone() {
+            Change::Tenant(k, v) => put(&mut self.tenants, k, v),
+            Change::Policy(k, v) => put(&mut self.policies, k, v.map(Arc::new)),
+            Change::ServiceAccount(k, v) => put(&mut self.service_accounts, k, v),
+            Change::Token(k, v) => put(&mut self.tokens, k, v),
+        }
+    }
 }
 
-/// The file-defined set with the overlay's objects added.
+/// The file-defined set with the overlay's objects added (O(n): at start, on a policy-file
+/// change, and when the admin objects are put back in force).
 fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
-    let mut tenants = files.tenants.clone();
-    for t in &overlay.tenants {
-        if tenants.contains_key(&t.name) {
-            tracing::warn!(tenant = %t.name, "a policy file defines this tenant too; the file's definition is in force");
+    let mut tenants: HashMap<String, Tenant> =
+        files.tenants.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, t) in &overlay.tenants {
+        if tenants.contains_key(name) {
+            tracing::warn!(tenant = %name, "a policy file defines this tenant too; the file's definition is in force");
         } else {
-            tenants.insert(t.name.clone(), t.clone());
+            tenants.insert(name.clone(), t.clone());
         }
     }
-    let mut policies = files.policies.clone();
-    for p in &overlay.policies {
-        if policies.contains_key(&p.name) {
-            tracing::warn!(policy = %p.name, "a policy file defines this access policy too; the file's definition is in force");
+    let mut policies: HashMap<String, Arc<AccessPolicy>> =
+        files.policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, p) in &overlay.policies {
+        if policies.contains_key(name) {
+            tracing::warn!(policy = %name, "a policy file defines this access policy too; the file's definition is in force");
         } else {
-            policies.insert(p.name.clone(), Arc::new(p.clone()));
+            policies.insert(name.clone(), p.clone());
         }
     }
-    let mut service_accounts = files.service_accounts.clone();
-    for sa in &overlay.service_accounts {
-        if service_accounts.contains_key(&sa.name) {
-            tracing::warn!(service_account = %sa.name, "a policy file defines this service account too; the file's definition is in force");
+    let mut service_accounts: HashMap<String, ServiceAccount> = files
+        .service_accounts
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (name, sa) in &overlay.service_accounts {
+        if service_accounts.contains_key(name) {
+            tracing::warn!(service_account = %name, "a policy file defines this service account too; the file's definition is in force");
         } else {
-            service_accounts.insert(sa.name.clone(), sa.clone());
+            service_accounts.insert(name.clone(), sa.clone());
         }
     }
-    // tokens are told apart by their hashes (random secrets), not their names: every API token
-    // is added, whatever its name
-    let mut tokens = files.tokens.clone();
-    tokens.extend(overlay.tokens.iter().cloned());
+    let mut tokens: Vec<TokenRecord> = files.tokens().to_vec();
+    tokens.extend(
+        overlay
+            .tokens
+            .values()
+            .filter(|t| files.lookup(&t.hash).is_none())
+            .cloned(),
+    );
     Snapshot::new(
         files.cluster.clone(),
         files.clusters.clone(),
@@ -264,10 +377,11 @@ impl Store {
     ) -> Store {
         let store = Store {
             snapshot: ArcSwap::from_pointee(Snapshot::empty(&initial.cluster)),
-            sources: std::sync::Mutex::new((
-                Arc::new(Snapshot::empty(&initial.cluster)),
-                Arc::new(Overlay::default()),
-            )),
+            sources: std::sync::Mutex::new(Sources {
+                files: Arc::new(Snapshot::empty(&initial.cluster)),
+                admin: Overlay::default(),
+                admin_in_force: true,
+            }),
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
@@ -284,34 +398,99 @@ impl Store {
         self.snapshot.load()
     }
 
-    /// A new load of the policy files: merged with the admin API's objects and put in force.
-    pub fn install(&self, files: Snapshot) {
-        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        if src.1.is_empty() {
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds the set in force from the sources (O(n)).
+    fn rebuild(&self, src: &mut Sources) {
+        if !src.admin_in_force || src.admin.is_empty() {
             // nothing to merge: the file set itself is put in force, not a copy of it
-            src.0 = self.put_in_force(files);
+            let files = std::mem::replace(&mut src.files, Arc::new(Snapshot::empty("")));
+            let files = Arc::try_unwrap(files).unwrap_or_else(|a| merge(&a, &Overlay::default()));
+            src.files = self.put_in_force(files);
         } else {
-            src.0 = Arc::new(files);
-            let merged = merge(&src.0, &src.1);
+            let merged = merge(&src.files, &src.admin);
             self.put_in_force(merged);
         }
     }
 
-    /// The admin API's objects changed: merged with the last file load and put in force.
+    /// A new load of the policy files: merged with the admin API's objects and put in force.
+    pub fn install(&self, files: Snapshot) {
+        let mut src = self.sources();
+        src.files = Arc::new(files);
+        self.rebuild(&mut src);
+    }
+
+    /// Replaces every admin object (at start, after loading a checkpoint): O(n).
     pub fn set_overlay(&self, overlay: Overlay) {
-        let mut src = self.sources.lock().unwrap_or_else(|e| e.into_inner());
-        src.1 = Arc::new(overlay);
-        let merged = merge(&src.0, &src.1);
-        self.put_in_force(merged);
+        let mut src = self.sources();
+        src.admin = overlay;
+        self.rebuild(&mut src);
+    }
+
+    /// Admin objects changed: the set in force gets only these changes (O(√n), see
+    /// [`layered`]), never a rebuild.
+    pub fn apply(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut src = self.sources();
+        for c in changes {
+            src.admin.apply(c);
+        }
+        if !src.admin_in_force {
+            return;
+        }
+        let files = src.files.clone();
+        let cur = self.snapshot.load_full();
+        let mut tenants = Vec::new();
+        let mut policies = Vec::new();
+        let mut sas = Vec::new();
+        let mut tokens = Vec::new();
+        // a name a policy file defines is the file's: the API object stays shadowed
+        for c in changes {
+            match c {
+                Change::Tenant(k, v) if !files.tenants.contains_key(k) => {
+                    tenants.push((k.clone(), v.clone()))
+                }
+                Change::Policy(k, v) if !files.policies.contains_key(k) => {
+                    policies.push((k.clone(), v.clone().map(Arc::new)))
+                }
+                Change::ServiceAccount(k, v) if !files.service_accounts.contains_key(k) => {
+                    sas.push((k.clone(), v.clone()))
+                }
+                Change::Token(k, v) if files.lookup(&TokenHash(*k)).is_none() => {
+                    tokens.push((*k, v.clone()))
+                }
+                _ => {}
+            }
+        }
+        let next = Snapshot {
+            generation: 0,
+            cluster: cur.cluster.clone(),
+            clusters: cur.clusters.clone(),
+            tenants: cur.tenants.with_changes(tenants),
+            policies: cur.policies.with_changes(policies),
+            service_accounts: cur.service_accounts.with_changes(sas),
+            tokens: cur.tokens.with_changes(tokens),
+        };
+        self.put_in_force(next);
+    }
+
+    /// Withholds (`false`) or restores (`true`) the admin objects: past the admin store's
+    /// maximum staleness only the policy files are in force (fail closed).
+    pub fn set_admin_in_force(&self, on: bool) {
+        let mut src = self.sources();
+        if src.admin_in_force != on {
+            src.admin_in_force = on;
+            self.rebuild(&mut src);
+        }
     }
 
     /// The last good load of the policy files (the read-only part of the set in force).
     pub fn file_set(&self) -> Arc<Snapshot> {
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+        self.sources().files.clone()
     }
 
     /// Puts a new snapshot in force. Cached identities from older generations stop being

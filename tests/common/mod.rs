@@ -394,3 +394,21 @@ pub async fn call(
         .unwrap();
     send(&client(), req).await
 }
+
+/// Every file under `dir` (recursively), as text: what the admin store keeps on disk.
+#[allow(dead_code)]
+pub fn files_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out += &String::from_utf8_lossy(&std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,458 @@
+//! The admin API's state, shared by every replica through the admin store's change log
+//! ([`crate::admin_store::ChangeLog`]).
+//!
+//! - A write plans its operations against this replica's state and appends them as change
+//!   `applied + 1` with a create-only put. Winning that number proves nothing else was written
+//!   since the state the plan read: `If-Match` checks hold across replicas. Losing it (another
+//!   replica took the number) catches up and plans again against the newer state.
+//! - Every replica polls for the next number every `poll_interval` (one GET when nothing
+//!   changed) and applies what it finds to its state and to the set in force, incrementally.
+//! - Every [`CHECKPOINT_EVERY`] changes the writer of that change stores the whole state, so a
+//!   new replica reads one checkpoint and fewer than [`CHECKPOINT_EVERY`] changes.
+//! - Past `max_staleness` without a successful read, the admin objects are withdrawn from the
+//!   set in force (fail closed) until a read succeeds again.
+
+use super::ApiState;
+use super::state::{ChangeDoc, Tx};
+use super::ApiError;
+use crate::admin_store::{Appended, ChangeLog, StoreError, StoreOp};
+use crate::persist::Document;
+use crate::store::{Change, Store};
+use crate::telemetry::Metrics;
+use http::StatusCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A checkpoint is written after every this many changes.
+pub const CHECKPOINT_EVERY: u64 = 4096;
+/// Checkpoints kept (older ones are deleted; log entries never are).
+const CHECKPOINTS_KEPT: usize = 3;
+/// Changes read per request batch while catching up.
+const READ_BATCH: usize = 1024;
+/// Attempts at a write that keeps losing its sequence number to other replicas.
+const WRITE_ATTEMPTS: usize = 16;
+
+/// This replica's copy of the admin state.
+pub struct Local {
+    pub data: ApiState,
+    /// The last change applied (0: the checkpoint or the empty state).
+    pub applied: u64,
+    /// Whether the store was read once; until then writes answer 503.
+    pub loaded: bool,
+}
+
+/// The admin API's state and the log it is kept in.
+pub struct Admin {
+    pub(super) state: tokio::sync::Mutex<Local>,
+    pub(super) cluster: String,
+    log: ChangeLog,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    poll_interval: Duration,
+    max_staleness: Duration,
+    started: Instant,
+    /// Milliseconds since `started` of the last successful read or write of the store.
+    last_success: AtomicU64,
+    /// The admin objects are withdrawn (past `max_staleness`).
+    stale: AtomicBool,
+    /// The last store operation failed (an outage is logged once, at its start and end).
+    failing: AtomicBool,
+    /// A write's outcome was unknown: catch up before the next write.
+    dirty: AtomicBool,
+}
+
+fn unavailable(e: &StoreError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the admin store is unavailable ({e}); nothing was changed"),
+    )
+}
+
+impl Admin {
+    /// Opens the admin store named by the config and loads it: the latest checkpoint, then
+    /// every change after it. On first start with the local backend, a `data_dir/
+    /// admin-state.json` left by an earlier version becomes checkpoint 0. A local store that
+    /// cannot be read is an error (the gateway does not start rather than forget objects); a
+    /// remote one that cannot be reached is retried in the background while the policy files
+    /// serve, and admin writes answer 503 until it is read.
+    pub async fn open(
+        config: &crate::config::Config,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Admin>, String> {
+        let cfg = &config.store.admin;
+        let observer = {
+            let m = metrics.clone();
+            Arc::new(move |op: StoreOp, ok: bool| {
+                m.admin_store_requests
+                    .with_label_values(&[op.as_str()])
+                    .inc();
+                if !ok {
+                    m.admin_store_errors.with_label_values(&[op.as_str()]).inc();
+                }
+            })
+        };
+        let log = crate::admin_store::open(cfg, &config.store.data_dir, None)?
+            .with_observer(observer);
+        let admin = Arc::new(Admin {
+            state: tokio::sync::Mutex::new(Local {
+                data: ApiState::default(),
+                applied: 0,
+                loaded: false,
+            }),
+            cluster: config.cluster.clone(),
+            log,
+            store,
+            metrics,
+            poll_interval: cfg.poll_interval,
+            max_staleness: cfg.max_staleness,
+            started: Instant::now(),
+            last_success: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+        });
+        let local = cfg.backend == crate::config::AdminBackend::Local;
+        if local {
+            admin
+                .migrate(&config.store.data_dir)
+                .await
+                .map_err(|e| format!("cannot migrate admin-state.json: {e}"))?;
+        }
+        let loaded = {
+            let mut st = admin.state.lock().await;
+            admin.load(&mut st).await
+        };
+        match loaded {
+            Ok(()) => {}
+            Err(e) if local => return Err(format!("cannot read the admin store: {e}")),
+            Err(e) => {
+                tracing::error!(error = %e, "the admin store cannot be read; the policy files serve, admin tokens are unknown and admin writes answer 503 until it can");
+                admin.failing.store(true, Ordering::Relaxed);
+            }
+        }
+        Ok(admin)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A read or write of the store worked: the state is fresh.
+    fn succeeded(&self) {
+        self.last_success.store(self.now_ms(), Ordering::Relaxed);
+        self.metrics
+            .admin_store_last_success
+            .set(chrono::Utc::now().timestamp());
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("the admin store is reachable again");
+        }
+        if self.stale.swap(false, Ordering::Relaxed) {
+            tracing::info!("admin objects are in force again");
+            self.metrics.admin_store_stale.set(0);
+            self.store.set_admin_in_force(true);
+        }
+    }
+
+    /// The store could not be used (each failed request is counted by the observer): logged
+    /// at the start of an outage; past `max_staleness` the admin objects are withdrawn.
+    fn failed(&self, e: &StoreError) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "the admin store is unavailable: requests are served from memory, admin writes answer 503");
+        }
+        self.check_staleness();
+    }
+
+    fn check_staleness(&self) {
+        let age = self
+            .now_ms()
+            .saturating_sub(self.last_success.load(Ordering::Relaxed));
+        if age > self.max_staleness.as_millis() as u64 && !self.stale.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                max_staleness = ?self.max_staleness,
+                "the admin store was not read for longer than max_staleness: tokens known only from it are refused until it is read again"
+            );
+            self.metrics.admin_store_stale.set(1);
+            self.store.set_admin_in_force(false);
+        }
+    }
+
+    /// First start after an upgrade: the single-file state becomes checkpoint 0.
+    async fn migrate(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let doc = Document::new(data_dir, "admin-state");
+        let path = doc.path();
+        if !path.exists() {
+            return Ok(());
+        }
+        let old = doc
+            .load::<ApiState>()
+            .map_err(|e| e.to_string())?
+            .map(|v| v.data)
+            .unwrap_or_default();
+        let has_log = self.log.latest_checkpoint::<serde::de::IgnoredAny>().await.map_err(|e| e.to_string())?.is_some()
+            || !self.log.read_after::<serde::de::IgnoredAny>(0, 1).await.map_err(|e| e.to_string())?.is_empty();
+        if has_log {
+            tracing::warn!(path = %path.display(), "admin-state.json is ignored: the admin store already holds a state");
+            return Ok(());
+        }
+        self.log
+            .put_checkpoint(0, &old)
+            .await
+            .map_err(|e| e.to_string())?;
+        let moved = path.with_extension("json.migrated");
+        std::fs::rename(&path, &moved).map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::info!(from = %path.display(), to = %moved.display(), "admin state migrated into the admin store as checkpoint 0");
+        Ok(())
+    }
+
+    /// Reads the latest checkpoint and every change after it, and puts the result in force.
+    async fn load(&self, st: &mut Local) -> Result<(), StoreError> {
+        let (seq, data) = match self.log.latest_checkpoint::<ApiState>().await {
+            Ok(c) => {
+                let (seq, mut data) = c.unwrap_or((0, ApiState::default()));
+                data.reindex();
+                (seq, data)
+            }
+            Err(e) => {
+                self.failed(&e);
+                return Err(e);
+            }
+        };
+        let mut next = Local {
+            data,
+            applied: seq,
+            loaded: true,
+        };
+        let mut changes = Vec::new();
+        self.catch_up_into(&mut next, &mut changes).await?;
+        let overlay = next.data.overlay(&self.cluster);
+        *st = next;
+        // withheld, if stale, until a read succeeds (below)
+        self.store.set_overlay(overlay);
+        self.metrics.admin_store_generation.set(st.applied as i64);
+        self.succeeded();
+        tracing::info!(checkpoint = seq, applied = st.applied, "admin store loaded");
+        Ok(())
+    }
+
+    /// Reads and applies every change after `st.applied`; the data-plane changes are added
+    /// to `out`.
+    async fn catch_up_into(&self, st: &mut Local, out: &mut Vec<Change>) -> Result<(), StoreError> {
+        loop {
+            let batch = match self.log.read_after::<ChangeDoc>(st.applied, READ_BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.failed(&e);
+                    return Err(e);
+                }
+            };
+            let n = batch.len();
+            for (seq, doc) in batch {
+                self.apply_entry(st, seq, &doc, out)?;
+            }
+            if n < READ_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    fn apply_entry(
+        &self,
+        st: &mut Local,
+        seq: u64,
+        doc: &ChangeDoc,
+        out: &mut Vec<Change>,
+    ) -> Result<(), StoreError> {
+        if seq != st.applied + 1 {
+            return Ok(());
+        }
+        st.data.apply(doc, &self.cluster, out).map_err(|detail| {
+            let e = StoreError::Corrupt {
+                key: format!("log/{seq:020}.json"),
+                detail,
+            };
+            // a change this version cannot read: this replica stops here (and turns stale)
+            // rather than skip it
+            self.metrics.admin_store_errors.with_label_values(&["apply"]).inc();
+            tracing::error!(error = %e, "an admin change cannot be applied");
+            e
+        })?;
+        st.applied = seq;
+        Ok(())
+    }
+
+    /// Catches up with the log and puts what changed in force.
+    async fn catch_up(&self, st: &mut Local) -> Result<(), StoreError> {
+        if !st.loaded {
+            return self.load(st).await;
+        }
+        let mut changes = Vec::new();
+        let r = self.catch_up_into(st, &mut changes).await;
+        self.store.apply(&changes);
+        self.metrics.admin_store_generation.set(st.applied as i64);
+        if r.is_ok() {
+            self.succeeded();
+        }
+        r
+    }
+
+    /// Runs one admin write: `plan` reads the state and returns the operations to make and the
+    /// answer to give. The operations are appended to the log and applied here before the
+    /// answer is sent. If another replica wrote first, this replica catches up and plans again
+    /// (an `If-Match` that held before may now answer 412).
+    pub(super) async fn write<T>(
+        &self,
+        actor: &str,
+        mut plan: impl FnMut(&ApiState) -> Result<(Tx, T), ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut st = self.state.lock().await;
+        if !st.loaded || self.dirty.swap(false, Ordering::Relaxed) || self.stale.load(Ordering::Relaxed) {
+            if let Err(e) = self.catch_up(&mut st).await {
+                self.dirty.store(true, Ordering::Relaxed);
+                return Err(unavailable(&e));
+            }
+        }
+        for _ in 0..WRITE_ATTEMPTS {
+            let (tx, out) = plan(&st.data)?;
+            if tx.is_empty() {
+                return Ok(out);
+            }
+            let seq = st.applied + 1;
+            let doc = ChangeDoc {
+                ops: tx.ops,
+                next_id: tx.next_id,
+                actor: actor.to_string(),
+                at: super::now_rfc3339(),
+            };
+            match self.log.append(seq, &doc).await {
+                Ok(Appended::Mine) => {
+                    let mut changes = Vec::new();
+                    self.apply_entry(&mut st, seq, &doc, &mut changes)
+                        .map_err(|e| unavailable(&e))?;
+                    self.store.apply(&changes);
+                    self.metrics.admin_store_generation.set(seq as i64);
+                    self.succeeded();
+                    if seq % CHECKPOINT_EVERY == 0 {
+                        self.checkpoint(seq, st.data.clone());
+                    }
+                    return Ok(out);
+                }
+                Ok(Appended::Taken) => {
+                    if let Err(e) = self.catch_up(&mut st).await {
+                        self.dirty.store(true, Ordering::Relaxed);
+                        return Err(unavailable(&e));
+                    }
+                }
+                Err(e @ StoreError::Unknown(_)) => {
+                    // it may be in the log: the next read applies it if so; it is never sent
+                    // a second time
+                    self.dirty.store(true, Ordering::Relaxed);
+                    self.failed(&e);
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the admin store did not confirm the change ({e}); it may have been made: read the object before trying again"
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    self.dirty.store(true, Ordering::Relaxed);
+                    self.failed(&e);
+                    return Err(unavailable(&e));
+                }
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "other replicas kept writing first; nothing was changed, try again",
+        ))
+    }
+
+    /// Stores the whole state as of `seq`, in the background.
+    fn checkpoint(&self, seq: u64, data: ApiState) {
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            match log.put_checkpoint(seq, &data).await {
+                Ok(_) => {
+                    tracing::info!(seq, "admin store checkpoint written");
+                    if let Err(e) = log.prune_checkpoints(CHECKPOINTS_KEPT).await {
+                        tracing::warn!(error = %e, "old admin store checkpoints not deleted");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "admin store checkpoint not written; new replicas read more changes until the next one");
+                }
+            }
+        });
+    }
+
+    /// One poll: applies what other replicas wrote. The read is made without holding the
+    /// state, so admin reads and writes never wait for a slow store.
+    pub async fn poll(&self) {
+        let applied = {
+            let st = self.state.lock().await;
+            st.loaded.then_some(st.applied)
+        };
+        let Some(applied) = applied else {
+            let mut st = self.state.lock().await;
+            if !st.loaded && self.load(&mut st).await.is_err() {
+                self.check_staleness();
+            }
+            return;
+        };
+        let batch = match self.log.read_after::<ChangeDoc>(applied, READ_BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.failed(&e);
+                return;
+            }
+        };
+        if batch.is_empty() {
+            self.succeeded();
+            return;
+        }
+        let full = batch.len() == READ_BATCH;
+        let mut st = self.state.lock().await;
+        let mut changes = Vec::new();
+        let mut r = Ok(());
+        for (seq, doc) in &batch {
+            if let Err(e) = self.apply_entry(&mut st, *seq, doc, &mut changes) {
+                r = Err(e);
+                break;
+            }
+        }
+        self.store.apply(&changes);
+        self.metrics.admin_store_generation.set(st.applied as i64);
+        if r.is_err() {
+            self.check_staleness();
+        } else {
+            if full {
+                // far behind (after an outage): the rest in batches
+                let _ = self.catch_up(&mut st).await;
+            } else {
+                self.succeeded();
+            }
+        }
+    }
+
+    /// Polls every `poll_interval` until `shutdown` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.poll().await,
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+}
