@@ -30,6 +30,8 @@ pub const CHECKPOINT_EVERY: u64 = 4096;
 const CHECKPOINTS_KEPT: usize = 3;
 /// Changes read per request batch while catching up.
 const READ_BATCH: usize = 1024;
+/// The longest an admin write waits for the store.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts at a write that keeps losing its sequence number to other replicas.
 const WRITE_ATTEMPTS: usize = 16;
 
@@ -60,12 +62,16 @@ pub struct Admin {
     failing: AtomicBool,
     /// A write's outcome was unknown: catch up before the next write.
     dirty: AtomicBool,
+    in_force: std::sync::Mutex<()>,
 }
 
+/// 503 for a change that was not made. The store's error (addresses, bucket, keys) goes to
+/// the log, not to the client.
 fn unavailable(e: &StoreError) -> ApiError {
+    tracing::warn!(error = %e, "admin write refused: the admin store is unavailable");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("the admin store is unavailable ({e}); nothing was changed"),
+        "the admin store is unavailable; nothing was changed",
     )
 }
 
@@ -112,6 +118,7 @@ impl Admin {
             stale: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            in_force: std::sync::Mutex::new(()),
         });
         let local = cfg.backend == crate::config::AdminBackend::Local;
         if local {
@@ -151,7 +158,7 @@ impl Admin {
         if self.stale.swap(false, Ordering::Relaxed) {
             tracing::info!("admin objects are in force again");
             self.metrics.admin_store_stale.set(0);
-            self.store.set_admin_in_force(true);
+            self.sync_in_force();
         }
     }
 
@@ -162,6 +169,14 @@ impl Admin {
             tracing::error!(error = %e, "the admin store is unavailable: requests are served from memory, admin writes answer 503");
         }
         self.check_staleness();
+    }
+
+    /// Puts the admin objects in force or withholds them, as `stale` says now: serialised, so
+    /// that of a turn to stale and a recovery racing, the last word is the flag's.
+    fn sync_in_force(&self) {
+        let _one_at_a_time = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
+        self.store
+            .set_admin_in_force(!self.stale.load(Ordering::SeqCst));
     }
 
     fn check_staleness(&self) {
@@ -175,7 +190,7 @@ impl Admin {
                 "the admin store was not read for longer than max_staleness: tokens known only from it are refused until it is read again"
             );
             self.metrics.admin_store_stale.set(1);
-            self.store.set_admin_in_force(false);
+            self.sync_in_force();
         }
     }
 
@@ -308,11 +323,14 @@ impl Admin {
         mut plan: impl FnMut(&ApiState) -> Result<(Tx, T), ApiError>,
     ) -> Result<T, ApiError> {
         let mut st = self.state.lock().await;
-        if !st.loaded || self.dirty.swap(false, Ordering::Relaxed) || self.stale.load(Ordering::Relaxed) {
-            if let Err(e) = self.catch_up(&mut st).await {
-                self.dirty.store(true, Ordering::Relaxed);
-                return Err(unavailable(&e));
-            }
+        // behind for a known reason (never read, a write of unknown outcome, stale): read
+        // first, so the plan sees the latest state
+        let behind = !st.loaded
+            || self.dirty.swap(false, Ordering::Relaxed)
+            || self.stale.load(Ordering::Relaxed);
+        if behind && let Err(e) = self.catch_up(&mut st).await {
+            self.dirty.store(true, Ordering::Relaxed);
+            return Err(unavailable(&e));
         }
         for _ in 0..WRITE_ATTEMPTS {
             let (tx, out) = plan(&st.data)?;
@@ -326,7 +344,16 @@ impl Admin {
                 actor: actor.to_string(),
                 at: super::now_rfc3339(),
             };
-            match self.log.append(seq, &doc).await {
+            // a store that stops answering must not hold the admin API: past WRITE_TIMEOUT
+            // the outcome is unknown (and never sent again)
+            let appended = tokio::time::timeout(WRITE_TIMEOUT, self.log.append(seq, &doc))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unknown(format!(
+                        "no answer within {WRITE_TIMEOUT:?}"
+                    )))
+                });
+            match appended {
                 Ok(Appended::Mine) => {
                     let mut changes = Vec::new();
                     self.apply_entry(&mut st, seq, &doc, &mut changes)
@@ -350,11 +377,10 @@ impl Admin {
                     // a second time
                     self.dirty.store(true, Ordering::Relaxed);
                     self.failed(&e);
+                    tracing::warn!(error = %e, seq, "admin write of unknown outcome: the next read of the store settles it");
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "the admin store did not confirm the change ({e}); it may have been made: read the object before trying again"
-                        ),
+                        "the admin store did not confirm the change; it may have been made: read the object before trying again",
                     ));
                 }
                 Err(e) => {
@@ -437,22 +463,31 @@ impl Admin {
         }
     }
 
-    /// Polls every `poll_interval` until `shutdown` turns true.
-    pub async fn run(
-        self: Arc<Self>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(self.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.poll().await,
-                _ = shutdown.changed() => return,
+    /// Polls every `poll_interval` until `shutdown` turns true. Staleness is checked on its
+    /// own clock, so a store that stops answering (a poll hanging until its timeout) still
+    /// turns the admin objects stale within `max_staleness` + `poll_interval`.
+    pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let polls = async {
+            let mut tick = tokio::time::interval(self.poll_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                self.poll().await;
             }
-            if *shutdown.borrow() {
-                return;
+        };
+        let staleness = async {
+            let mut tick = tokio::time::interval(self.poll_interval);
+            loop {
+                tick.tick().await;
+                self.check_staleness();
             }
+        };
+        let mut shutdown = shutdown;
+        tokio::select! {
+            _ = polls => {}
+            _ = staleness => {}
+            _ = async { while shutdown.changed().await.is_ok() && !*shutdown.borrow() {} } => {}
         }
     }
 }

@@ -7,8 +7,9 @@
 //! - `<prefix>checkpoints/<seq:020>.json`: the whole state as of change `seq`,
 //!   `{"seq", "state"}`; only the newest few are kept.
 //!
-//! Every request to the store is reported to the observer (metrics); a GET answering "not
-//! found" and a put answering "already exists" count as successful requests.
+//! Every request to the store is reported to the observer (metrics), once: a GET when its body
+//! is read, a LIST however many pages it takes. A GET answering "not found" and a put
+//! answering "already exists" count as successful requests.
 
 mod http;
 #[cfg(test)]
