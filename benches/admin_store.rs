@@ -30,10 +30,9 @@ impl Conn {
     async fn open(addr: SocketAddr) -> Conn {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Conn { send }
     }

@@ -21,17 +21,19 @@ fn admin_policies() -> String {
 }
 
 fn gateway(admin: &str) -> String {
-    gateway_yaml(
-        &backend("metrics", "mimir", "http://127.0.0.1:9", ""),
-        "",
-    )
-    .replace(
+    gateway_yaml(&backend("metrics", "mimir", "http://127.0.0.1:9", ""), "").replace(
         "  poll_interval: 100ms\n",
         &format!("  poll_interval: 100ms\n  data_dir: data\n  admin:\n{admin}"),
     )
 }
 
-async fn admin(gw: SocketAddr, method: &str, path: &str, if_match: Option<&str>, body: Option<Value>) -> Reply {
+async fn admin(
+    gw: SocketAddr,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
     let mut b = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{gw}/admin/api/v3/{path}"))
@@ -74,7 +76,11 @@ async fn the_old_state_file_is_migrated_into_the_store() {
         assert_eq!(r.headers["etag"], "\"3\"", "versions are kept");
         let q = send(
             &client(),
-            get(gw, "/prometheus/api/v1/query?query=up", Some(&basic("old-tenant", &secret))),
+            get(
+                gw,
+                "/prometheus/api/v1/query?query=up",
+                Some(&basic("old-tenant", &secret)),
+            ),
         )
         .await;
         // the upstream is down (502): what matters is that the token was accepted
@@ -159,12 +165,30 @@ async fn two_replicas_behave_as_one() {
     for round in 1..=10u64 {
         let m = format!("\"{round}\"");
         let (x, y) = tokio::join!(
-            admin(ga, "PUT", "tenants/shared", Some(&m), Some(json!({"display_name": "a"}))),
-            admin(gb, "PUT", "tenants/shared", Some(&m), Some(json!({"display_name": "b"}))),
+            admin(
+                ga,
+                "PUT",
+                "tenants/shared",
+                Some(&m),
+                Some(json!({"display_name": "a"}))
+            ),
+            admin(
+                gb,
+                "PUT",
+                "tenants/shared",
+                Some(&m),
+                Some(json!({"display_name": "b"}))
+            ),
         );
         let mut codes = [x.status, y.status];
         codes.sort();
-        assert_eq!(codes, [200, 412], "round {round}: {} / {}", x.error(), y.error());
+        assert_eq!(
+            codes,
+            [200, 412],
+            "round {round}: {} / {}",
+            x.error(),
+            y.error()
+        );
     }
     // both answer version 11 now: no change was lost or made twice
     for gw in [ga, gb] {

@@ -355,7 +355,10 @@ async fn no_token_or_secret_appears_in_logs_error_bodies_or_metrics() {
     }
     // nor does the admin store keep the minted token's text
     let state = files_text(&s.path("data/admin-log"));
-    assert!(state.contains("sha256:"), "the admin store holds the change");
+    assert!(
+        state.contains("sha256:"),
+        "the admin store holds the change"
+    );
     for secret in secrets_of(&minted) {
         assert!(!state.contains(&secret));
     }

@@ -985,6 +985,7 @@ async fn three_replicas_share_one_s3_admin_store() {
         "the file token was not served: {refused:?}"
     );
     // the admin-store token: served from memory at first, refused once stale, back after
+    #[allow(clippy::needless_range_loop)]
     for i in 0..3 {
         let mine = |from: f64, to: f64| {
             queries
@@ -1124,12 +1125,11 @@ async fn three_replicas_share_one_s3_admin_store() {
         })
         .collect::<Vec<_>>();
     eprintln!("step 5: writes by answer {by_class:?}; during the outage: {during:?}");
-    for w in writes.iter().filter(|w| w.status == 503) {
+    if let Some(w) = writes.iter().find(|w| w.status == 503) {
         eprintln!(
             "step 5: 503 on {} for {}: {}",
             NAMES[w.replica], w.name, w.body
         );
-        break;
     }
     assert!(
         by_class.get("503 nothing changed").copied().unwrap_or(0)
@@ -1300,7 +1300,6 @@ async fn tenant_policy_token(gw: SocketAddr, t: &str) -> String {
 /// the replica must still turn stale within max_staleness (plus a poll), and the data plane and
 /// `/ready` must not wait for the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "obsgate bug: staleness is only checked when a store request fails, and a hung request takes up to ~50 s to fail (10 s timeout, retries), so admin tokens stay in force far past max_staleness"]
 async fn a_store_that_stops_answering_turns_stale_within_max_staleness() {
     let Some(st) = Stack::start(1).await else {
         return;

@@ -202,18 +202,23 @@ async fn a_full_read_only_or_missing_data_dir_fails_admin_writes_cleanly_and_the
     let gw = g.shared_addr();
     let data = s.path("data");
     assert_eq!(create_tenant(gw, "before").await.status, 200);
-    let state = std::fs::read(data.join("admin-state.json")).unwrap();
+    let log = data.join("admin-log/log");
+    let state = files_text(&log);
 
     for (what, kind) in [
         ("full", std::io::ErrorKind::StorageFull),
         ("read-only", std::io::ErrorKind::ReadOnlyFilesystem),
     ] {
-        obsgate::persist::inject_write_fault(&data, Some(kind));
+        obsgate::admin_store::inject_write_fault(&data, Some(kind));
         let r = create_tenant(gw, "during").await;
         assert_eq!(r.status, 503, "{what}: {}", r.error());
         assert!(r.error().contains("nothing was changed"), "{}", r.error());
-        obsgate::persist::inject_write_fault(&data, None);
-        // nothing changed: not listed, the document on disk untouched, no temp file left
+        assert!(
+            !r.error().contains(&*data.to_string_lossy()),
+            "no path in the answer"
+        );
+        obsgate::admin_store::inject_write_fault(&data, None);
+        // nothing changed: not listed, the store on disk untouched, no temp file left
         let r = send(
             &client(),
             get(
@@ -224,8 +229,8 @@ async fn a_full_read_only_or_missing_data_dir_fails_admin_writes_cleanly_and_the
         )
         .await;
         assert_eq!(r.status, 404, "{what}");
-        assert_eq!(std::fs::read(data.join("admin-state.json")).unwrap(), state);
-        let leftovers: Vec<_> = std::fs::read_dir(&data)
+        assert_eq!(files_text(&log), state);
+        let leftovers: Vec<_> = std::fs::read_dir(&log)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();

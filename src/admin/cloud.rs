@@ -669,13 +669,7 @@ async fn save_token(
     Ok(json_response(StatusCode::OK, &v, None))
 }
 
-async fn delete(
-    admin: &Admin,
-    actor: &str,
-    policy: bool,
-    id: &str,
-    region: &str,
-) -> ApiResult {
+async fn delete(admin: &Admin, actor: &str, policy: bool, id: &str, region: &str) -> ApiResult {
     let name = admin
         .write(actor, |state| {
             let mut tx = Tx::default();

@@ -13,8 +13,8 @@ pub mod sa;
 pub mod state;
 pub mod sync;
 
-pub use sync::Admin;
 use state::{Collection, Tx};
+pub use sync::Admin;
 
 use crate::auth;
 use crate::policy::{self, RealmTarget, Scope, Status, valid_name};

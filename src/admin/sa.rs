@@ -5,8 +5,7 @@
 use super::AdminService;
 use super::state::{Collection, Tx};
 use super::{
-    Admin, ApiError, ApiResult, ApiState, authenticate, json_response, read_json,
-    require_scope,
+    Admin, ApiError, ApiResult, ApiState, authenticate, json_response, read_json, require_scope,
 };
 use crate::policy::Role;
 use crate::token::{self, TokenHash};
@@ -327,7 +326,13 @@ async fn patch(gw: &AdminService, admin: &Admin, actor: &str, id: u64, body: Val
             Ok((tx, (sa, token_count(state, id))))
         })
         .await?;
-    super::audit_cloud(actor, "update", "service_account", &sa.name, &id.to_string());
+    super::audit_cloud(
+        actor,
+        "update",
+        "service_account",
+        &sa.name,
+        &id.to_string(),
+    );
     Ok(json_response(StatusCode::OK, &view(id, &sa, tokens), None))
 }
 
@@ -358,12 +363,7 @@ fn expiration_after(now: chrono::DateTime<chrono::Utc>, ttl: i64) -> Option<Stri
 /// The longest `secondsToLive` accepted: 100 years.
 const MAX_SECONDS_TO_LIVE: i64 = 100 * 365 * 24 * 3600;
 
-async fn create_token(
-    admin: &Admin,
-    actor: &str,
-    id: u64,
-    body: Value,
-) -> ApiResult {
+async fn create_token(admin: &Admin, actor: &str, id: u64, body: Value) -> ApiResult {
     let name = super::opt_str(&body, "name")?
         .filter(|n| !n.trim().is_empty() && n.len() <= 190)
         .ok_or_else(|| ApiError::bad("name is required (at most 190 characters)"))?;
@@ -421,15 +421,14 @@ async fn create_token(
     ))
 }
 
-async fn delete_token(
-    admin: &Admin,
-    actor: &str,
-    id: u64,
-    tid: u64,
-) -> ApiResult {
+async fn delete_token(admin: &Admin, actor: &str, id: u64, tid: u64) -> ApiResult {
     let name = admin
         .write(actor, |state| {
-            let Some(t) = state.sa_tokens.get(&tid).filter(|t| t.service_account == id) else {
+            let Some(t) = state
+                .sa_tokens
+                .get(&tid)
+                .filter(|t| t.service_account == id)
+            else {
                 return Err(ApiError::new(StatusCode::NOT_FOUND, "no such token"));
             };
             let mut tx = Tx::default();

@@ -123,7 +123,11 @@ fn policy_rec(name: &str, p: &PolicyObj) -> AccessPolicy {
                     RealmTarget::Tenant(r.tenant.clone())
                 },
                 cluster: r.cluster.clone(),
-                label_policies: r.label_policies.iter().map(|t| stored_selector(t)).collect(),
+                label_policies: r
+                    .label_policies
+                    .iter()
+                    .map(|t| stored_selector(t))
+                    .collect(),
             })
             .collect::<Vec<_>>()
             .into(),
@@ -151,7 +155,11 @@ fn cloud_policy_rec(p: &cloud::CloudPolicy, cluster: &str) -> AccessPolicy {
                 cluster: cluster.to_string(),
                 // validated when saved; one that no longer parses matches nothing (a realm
                 // left without its policies would be unrestricted: fail closed)
-                label_policies: r.label_policies.iter().map(|s| stored_selector(s)).collect(),
+                label_policies: r
+                    .label_policies
+                    .iter()
+                    .map(|s| stored_selector(s))
+                    .collect(),
             })
             .collect::<Vec<_>>()
             .into(),
@@ -246,7 +254,8 @@ impl ApiState {
             o.tenants.insert(name.clone(), tenant_rec(name, t));
         }
         for (name, p) in &self.access_policies {
-            o.policies.insert(name.clone(), Arc::new(policy_rec(name, p)));
+            o.policies
+                .insert(name.clone(), Arc::new(policy_rec(name, p)));
         }
         for p in self.cloud_policies.values() {
             o.policies
@@ -296,11 +305,17 @@ impl ApiState {
     fn apply_one(&mut self, p: Parsed, cluster: &str, out: &mut Vec<Change>) {
         match p {
             Parsed::Tenant(k, v) => {
-                out.push(Change::Tenant(k.clone(), v.as_ref().map(|t| tenant_rec(&k, t))));
+                out.push(Change::Tenant(
+                    k.clone(),
+                    v.as_ref().map(|t| tenant_rec(&k, t)),
+                ));
                 put(&mut self.tenants, k, v);
             }
             Parsed::Policy(k, v) => {
-                out.push(Change::Policy(k.clone(), v.as_ref().map(|p| policy_rec(&k, p))));
+                out.push(Change::Policy(
+                    k.clone(),
+                    v.as_ref().map(|p| policy_rec(&k, p)),
+                ));
                 put(&mut self.access_policies, k, v);
             }
             Parsed::Token(k, v) => {
@@ -318,7 +333,10 @@ impl ApiState {
                     out.push(Change::Policy(o.clone(), None));
                 }
                 if let Some(p) = &v {
-                    out.push(Change::Policy(p.name.clone(), Some(cloud_policy_rec(p, cluster))));
+                    out.push(Change::Policy(
+                        p.name.clone(),
+                        Some(cloud_policy_rec(p, cluster)),
+                    ));
                 }
                 put(&mut self.cloud_policies, k.clone(), v);
                 // tokens resolve to the policy's name: a new name (the API never renames, and
@@ -385,7 +403,11 @@ impl ApiState {
                     unlink(&mut self.owners.sa, &owner, &id);
                 }
                 if let Some(t) = &v {
-                    self.owners.sa.entry(t.service_account).or_default().insert(id);
+                    self.owners
+                        .sa
+                        .entry(t.service_account)
+                        .or_default()
+                        .insert(id);
                 }
                 put(&mut self.sa_tokens, id, v);
             }
@@ -494,8 +516,16 @@ mod tests {
                 }
             })
             .collect();
-        let mut ts: Vec<_> = s.tenants.iter().map(|(k, t)| format!("tenant {k} {t:?}")).collect();
-        let mut ps: Vec<_> = s.policies.iter().map(|(k, p)| format!("policy {k} {p:?}")).collect();
+        let mut ts: Vec<_> = s
+            .tenants
+            .iter()
+            .map(|(k, t)| format!("tenant {k} {t:?}"))
+            .collect();
+        let mut ps: Vec<_> = s
+            .policies
+            .iter()
+            .map(|(k, p)| format!("policy {k} {p:?}"))
+            .collect();
         let mut ss: Vec<_> = s
             .service_accounts
             .iter()
@@ -542,7 +572,11 @@ mod tests {
                             version: 1,
                             created_at: "x".into(),
                             display_name: None,
-                            status: if rnd(2) == 0 { Status::Active } else { Status::Inactive },
+                            status: if rnd(2) == 0 {
+                                Status::Active
+                            } else {
+                                Status::Inactive
+                            },
                             cluster: "local".into(),
                         };
                         if rnd(4) == 0 {
@@ -578,9 +612,17 @@ mod tests {
                             tx.delete(Collection::Tokens, name);
                         } else {
                             let secret = &format!("glc_tok{n}_{}", rnd(3));
-                            let st = if rnd(3) == 0 { Status::Inactive } else { Status::Active };
+                            let st = if rnd(3) == 0 {
+                                Status::Inactive
+                            } else {
+                                Status::Active
+                            };
                             let exp = (rnd(3) == 0).then_some("2031-01-01T00:00:00Z");
-                            tx.put(Collection::Tokens, name, &token(&format!("pol{k}"), secret, st, exp));
+                            tx.put(
+                                Collection::Tokens,
+                                name,
+                                &token(&format!("pol{k}"), secret, st, exp),
+                            );
                         }
                     }
                     4 => {
@@ -661,7 +703,10 @@ mod tests {
             if step % 50 == 0 || step == 2999 {
                 let mut again = state.clone();
                 again.reindex();
-                assert_eq!(again.owners, state.owners, "the owner index after step {step}");
+                assert_eq!(
+                    again.owners, state.owners,
+                    "the owner index after step {step}"
+                );
                 let rebuilt = store();
                 rebuilt.set_overlay(state.overlay("local"));
                 assert_eq!(

@@ -12,9 +12,9 @@
 //! - Past `max_staleness` without a successful read, the admin objects are withdrawn from the
 //!   set in force (fail closed) until a read succeeds again.
 
+use super::ApiError;
 use super::ApiState;
 use super::state::{ChangeDoc, Tx};
-use super::ApiError;
 use crate::admin_store::{Appended, ChangeLog, StoreError, StoreOp};
 use crate::persist::Document;
 use crate::store::{Change, Store};
@@ -99,8 +99,8 @@ impl Admin {
                 }
             })
         };
-        let log = crate::admin_store::open(cfg, &config.store.data_dir, None)?
-            .with_observer(observer);
+        let log =
+            crate::admin_store::open(cfg, &config.store.data_dir, None)?.with_observer(observer);
         let admin = Arc::new(Admin {
             state: tokio::sync::Mutex::new(Local {
                 data: ApiState::default(),
@@ -206,8 +206,18 @@ impl Admin {
             .map_err(|e| e.to_string())?
             .map(|v| v.data)
             .unwrap_or_default();
-        let has_log = self.log.latest_checkpoint::<serde::de::IgnoredAny>().await.map_err(|e| e.to_string())?.is_some()
-            || !self.log.read_after::<serde::de::IgnoredAny>(0, 1).await.map_err(|e| e.to_string())?.is_empty();
+        let has_log = self
+            .log
+            .latest_checkpoint::<serde::de::IgnoredAny>()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+            || !self
+                .log
+                .read_after::<serde::de::IgnoredAny>(0, 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_empty();
         if has_log {
             tracing::warn!(path = %path.display(), "admin-state.json is ignored: the admin store already holds a state");
             return Ok(());
@@ -256,7 +266,11 @@ impl Admin {
     /// to `out`.
     async fn catch_up_into(&self, st: &mut Local, out: &mut Vec<Change>) -> Result<(), StoreError> {
         loop {
-            let batch = match self.log.read_after::<ChangeDoc>(st.applied, READ_BATCH).await {
+            let batch = match self
+                .log
+                .read_after::<ChangeDoc>(st.applied, READ_BATCH)
+                .await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     self.failed(&e);
@@ -290,7 +304,10 @@ impl Admin {
             };
             // a change this version cannot read: this replica stops here (and turns stale)
             // rather than skip it
-            self.metrics.admin_store_errors.with_label_values(&["apply"]).inc();
+            self.metrics
+                .admin_store_errors
+                .with_label_values(&["apply"])
+                .inc();
             tracing::error!(error = %e, "an admin change cannot be applied");
             e
         })?;

@@ -82,6 +82,22 @@ pub struct ChangeLog {
     /// The store's root directory when it is a local file system that does not fsync itself.
     local_root: Option<Arc<PathBuf>>,
     observer: Option<Observer>,
+    /// The data directory of a local store, where tests inject write faults.
+    fault_dir: Option<Arc<PathBuf>>,
+}
+
+static FAULTS: std::sync::Mutex<Vec<(PathBuf, std::io::ErrorKind)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Makes every write to the local admin store of `data_dir` fail with `kind` (or stop failing,
+/// with `None`), as a full or read-only disk would. Test support.
+#[doc(hidden)]
+pub fn inject_write_fault(data_dir: &Path, kind: Option<std::io::ErrorKind>) {
+    let mut f = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+    f.retain(|(d, _)| d != data_dir);
+    if let Some(k) = kind {
+        f.push((data_dir.to_path_buf(), k));
+    }
 }
 
 impl std::fmt::Debug for ChangeLog {
@@ -169,6 +185,7 @@ impl ChangeLog {
             prefix,
             local_root: None,
             observer: None,
+            fault_dir: None,
         }
     }
 
@@ -353,6 +370,7 @@ impl ChangeLog {
     /// all). When even that cannot be learned, [`StoreError::Unknown`]: the change may be in
     /// the log, and must not be sent again blindly.
     pub async fn append<C: Serialize>(&self, seq: u64, change: &C) -> Result<Appended, StoreError> {
+        self.injected_fault()?;
         let key = self.log_key(seq);
         let write_id = random_write_id()?;
         let body = serde_json::to_vec(&EntryOut {
@@ -456,6 +474,21 @@ impl ChangeLog {
     /// already (every checkpoint of one number holds the same state, so whose it is does not
     /// matter). The state is serialised inline, on the calling task: it is borrowed, and
     /// callers with a large state call this from a task of its own.
+    fn injected_fault(&self) -> Result<(), StoreError> {
+        let Some(dir) = &self.fault_dir else {
+            return Ok(());
+        };
+        let f = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
+        match f.iter().find(|(d, _)| d == dir.as_ref()) {
+            Some((_, kind)) => Err(StoreError::Unavailable(format!(
+                "{}: {}",
+                dir.display(),
+                std::io::Error::from(*kind)
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub async fn put_checkpoint<S: Serialize>(
         &self,
         seq: u64,
@@ -562,7 +595,9 @@ pub fn open(
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
                 .map_err(|e| format!("{}: cannot open the admin store: {e}", root.display()))?
                 .with_fsync(true);
-            return Ok(ChangeLog::new(Arc::new(fs), &cfg.prefix));
+            let mut log = ChangeLog::new(Arc::new(fs), &cfg.prefix);
+            log.fault_dir = Some(Arc::new(data_dir.to_path_buf()));
+            return Ok(log);
         }
         AdminBackend::S3 => {
             use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};

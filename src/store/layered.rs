@@ -92,7 +92,11 @@ impl<K: Hash + Eq + Clone, V: Clone> Layered<K, V> {
         delta
             .iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-            .chain(self.base.iter().filter(move |(k, _)| !delta.contains_key(*k)))
+            .chain(
+                self.base
+                    .iter()
+                    .filter(move |(k, _)| !delta.contains_key(*k)),
+            )
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> + Clone {
@@ -175,7 +179,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let k = (x % 3000) as u32;
-            let v = if x % 5 == 0 { None } else { Some(i) };
+            let v = if x.is_multiple_of(5) { None } else { Some(i) };
             match v {
                 Some(v) => {
                     model.insert(k, v);

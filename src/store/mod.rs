@@ -70,7 +70,10 @@ impl TokenIndex {
         }
     }
 
-    fn with_changes(&self, changes: impl IntoIterator<Item = ([u8; 32], Option<TokenRecord>)>) -> Self {
+    fn with_changes(
+        &self,
+        changes: impl IntoIterator<Item = ([u8; 32], Option<TokenRecord>)>,
+    ) -> Self {
         let mut next = self.clone();
         for (k, v) in changes {
             let had = next.lookup(&TokenHash(k)).is_some();
@@ -320,8 +323,11 @@ impl Overlay {
 /// The file-defined set with the overlay's objects added (O(n): at start, on a policy-file
 /// change, and when the admin objects are put back in force).
 fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
-    let mut tenants: HashMap<String, Tenant> =
-        files.tenants.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut tenants: HashMap<String, Tenant> = files
+        .tenants
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for (name, t) in &overlay.tenants {
         if tenants.contains_key(name) {
             tracing::warn!(tenant = %name, "a policy file defines this tenant too; the file's definition is in force");
@@ -329,8 +335,11 @@ fn merge(files: &Snapshot, overlay: &Overlay) -> Snapshot {
             tenants.insert(name.clone(), t.clone());
         }
     }
-    let mut policies: HashMap<String, Arc<AccessPolicy>> =
-        files.policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut policies: HashMap<String, Arc<AccessPolicy>> = files
+        .policies
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for (name, p) in &overlay.policies {
         if policies.contains_key(name) {
             tracing::warn!(policy = %name, "a policy file defines this access policy too; the file's definition is in force");
