@@ -608,30 +608,44 @@ fn token_view(name: &str, t: &TokenObj) -> Value {
     )
 }
 
-/// Every object of `kind`: file-defined (version 0, read-only) and API-created.
+/// The API objects of a map: all of them, or the one named `only` (a lookup, not a scan).
+fn pick<'a, V>(
+    m: &'a BTreeMap<String, V>,
+    only: Option<&str>,
+) -> Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a> {
+    match only {
+        Some(o) => Box::new(m.get_key_value(o).into_iter()),
+        None => Box::new(m.iter()),
+    }
+}
+
+/// Every object of `kind` (or the one named `only`): file-defined (version 0, read-only) and
+/// API-created.
 fn all_views(
     gw: &AdminService,
     state: &ApiState,
     kind: Kind,
     d: Dialect,
+    only: Option<&str>,
 ) -> Vec<(String, Status, Value, u64)> {
     let files = gw.store.file_set();
+    let wanted = |n: &str| only.is_none_or(|o| o == n);
     let mut out = Vec::new();
     match kind {
         Kind::Tenants => {
-            for (n, t) in &files.tenants {
+            for (n, t) in files.tenants.iter().filter(|(n, _)| wanted(n)) {
                 let v = json!({"name": n, "created_at": EPOCH,
                                "status": t.status, "cluster": t.cluster});
                 out.push((n.clone(), t.status, v, 0));
             }
-            for (n, t) in &state.tenants {
+            for (n, t) in pick(&state.tenants, only) {
                 if !files.tenants.contains_key(n) {
                     out.push((n.clone(), t.status, tenant_view(n, t), t.version));
                 }
             }
         }
         Kind::Policies => {
-            for (n, p) in &files.policies {
+            for (n, p) in files.policies.iter().filter(|(n, _)| wanted(n)) {
                 let realms: Vec<Value> = p
                     .realms
                     .iter()
@@ -654,14 +668,16 @@ fn all_views(
                 let v = omit_absent_display_name(v);
                 out.push((n.clone(), p.status, v, 0));
             }
-            for (n, p) in &state.access_policies {
+            for (n, p) in pick(&state.access_policies, only) {
                 if !files.policies.contains_key(n) {
                     out.push((n.clone(), p.status, policy_view(n, p, d), p.version));
                 }
             }
         }
         Kind::Tokens => {
-            for t in files.tokens() {
+            let file_tokens: std::collections::HashSet<&str> =
+                files.tokens().iter().map(|t| t.name.as_str()).collect();
+            for t in files.tokens().iter().filter(|t| wanted(&t.name)) {
                 if let TokenOwner::Policy(ap) = &t.owner {
                     let exp = t
                         .expires_at
@@ -674,8 +690,8 @@ fn all_views(
                     out.push((t.name.clone(), t.status, v, 0));
                 }
             }
-            for (n, t) in &state.tokens {
-                if !file_defined(&files, Kind::Tokens, n) {
+            for (n, t) in pick(&state.tokens, only) {
+                if !file_tokens.contains(n.as_str()) {
                     out.push((n.clone(), t.status, token_view(n, t), t.version));
                 }
             }
@@ -692,7 +708,7 @@ fn list(
     include_inactive: bool,
     d: Dialect,
 ) -> Response<Body> {
-    let items: Vec<Value> = all_views(gw, state, kind, d)
+    let items: Vec<Value> = all_views(gw, state, kind, d, None)
         .into_iter()
         .filter(|(_, st, _, _)| include_inactive || *st == Status::Active)
         .map(|(_, _, v, _)| v)
@@ -711,7 +727,7 @@ fn get_one(
     name: &str,
     d: Dialect,
 ) -> Option<(Value, u64)> {
-    all_views(gw, state, kind, d)
+    all_views(gw, state, kind, d, Some(name))
         .into_iter()
         .find(|(n, _, _, _)| n == name)
         .map(|(_, _, v, ver)| (v, ver))
