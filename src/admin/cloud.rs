@@ -245,7 +245,7 @@ async fn route(gw: &AdminService, conn: &Conn, admin: &Admin, req: Request<Incom
     match (collection, method, id) {
         (POLICIES, Method::GET, None) => list_policies(admin, &q, &region).await,
         (POLICIES, Method::GET, Some(id)) => {
-            let st = admin.state.lock().await;
+            let st = admin.read().await?;
             let p = policy_in(&st.data, &id, &region)?;
             Ok(json_response(StatusCode::OK, &policy_view(&id, p), None))
         }
@@ -256,7 +256,7 @@ async fn route(gw: &AdminService, conn: &Conn, admin: &Admin, req: Request<Incom
         (POLICIES, Method::DELETE, Some(id)) => delete(admin, &actor, true, &id, &region).await,
         (TOKENS, Method::GET, None) => list_tokens(gw, admin, &q, &region).await,
         (TOKENS, Method::GET, Some(id)) => {
-            let st = admin.state.lock().await;
+            let st = admin.read().await?;
             let t = token_in(&st.data, &id, &region)?;
             let usage = gw.store.usage(&t.hash);
             Ok(json_response(
@@ -316,7 +316,7 @@ async fn list_policies(admin: &Admin, q: &HashMap<String, String>, region: &str)
         return Err(ApiError::bad("realmIdentifier requires realmType"));
     }
     let status = status_filter(q.get("status"))?;
-    let st = admin.state.lock().await;
+    let st = admin.read().await?;
     let items: Vec<(String, Value)> = st
         .data
         .cloud_policies
@@ -380,7 +380,7 @@ async fn list_tokens(
     let before = time_filter(q, "expiresBefore")?;
     let after_t = time_filter(q, "expiresAfter")?;
     let filter = |k: &str, v: &str| q.get(k).is_none_or(|f| f.is_empty() || f == v);
-    let st = admin.state.lock().await;
+    let st = admin.read().await?;
     let items: Vec<(String, Value)> = st
         .data
         .cloud_tokens

@@ -490,11 +490,11 @@ async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incom
     };
     match (method, name) {
         (Method::GET, None) => {
-            let state = admin.state.lock().await;
+            let state = admin.read().await?;
             Ok(list(gw, &state.data, kind, include_inactive, d))
         }
         (Method::GET, Some(n)) => {
-            let state = admin.state.lock().await;
+            let state = admin.read().await?;
             let (v, version) = get_one(gw, &state.data, kind, n, d).ok_or_else(|| {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no {} {n:?}", kind.label()))
             })?;
@@ -1068,11 +1068,11 @@ async fn update(
     body: Value,
     d: Dialect,
 ) -> ApiResult {
-    let status = status_of(&body)?;
     let (view, version) = admin
         .write(actor, |state| {
             let snap = gw.store.snapshot();
             let current = writable_version(gw, state, kind, name, if_match)?;
+            let status = status_of(&body)?;
             let mut tx = Tx::default();
             let view = match kind {
                 Kind::Tenants => {

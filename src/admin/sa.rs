@@ -141,7 +141,7 @@ async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incom
         }
         (Method::GET, [id]) => {
             let id = parse_id(id)?;
-            let st = admin.state.lock().await;
+            let st = admin.read().await?;
             let sa = st
                 .data
                 .service_accounts
@@ -160,7 +160,7 @@ async fn route(gw: &AdminService, admin: &Admin, actor: &str, req: Request<Incom
         }
         (Method::GET, [id, "tokens"]) => {
             let id = parse_id(id)?;
-            let st = admin.state.lock().await;
+            let st = admin.read().await?;
             let sa = st
                 .data
                 .service_accounts
@@ -224,7 +224,7 @@ async fn search(admin: &Admin, q: &HashMap<String, String>) -> ApiResult {
     let per_page = num("perpage", 1000)?;
     let page = num("page", 1)?;
     let needle = q.get("query").map(|s| s.to_lowercase()).unwrap_or_default();
-    let st = admin.state.lock().await;
+    let st = admin.read().await?;
     let matching: Vec<Value> = st
         .data
         .service_accounts

@@ -280,6 +280,12 @@ impl ApiState {
         o
     }
 
+    /// Whether every operation of a change parses as its collection's type (what
+    /// [`ApiState::apply`] will need): checked before a change is written.
+    pub fn check(doc: &ChangeDoc) -> Result<(), String> {
+        doc.ops.iter().try_for_each(|op| Parsed::of(op).map(|_| ()))
+    }
+
     /// Applies one logged change; what changed in force is added to `out`. An operation whose
     /// value does not parse is an error and nothing of the change is applied.
     pub fn apply(

@@ -63,6 +63,8 @@ pub struct Admin {
     /// A write's outcome was unknown: catch up before the next write.
     dirty: AtomicBool,
     in_force: std::sync::Mutex<()>,
+    /// One admin write at a time on this replica.
+    writer: tokio::sync::Mutex<()>,
 }
 
 /// 503 for a change that was not made. The store's error (addresses, bucket, keys) goes to
@@ -119,13 +121,31 @@ impl Admin {
             failing: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             in_force: std::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
         });
         let local = cfg.backend == crate::config::AdminBackend::Local;
-        if local {
-            admin
-                .migrate(&config.store.data_dir)
-                .await
-                .map_err(|e| format!("cannot migrate admin-state.json: {e}"))?;
+        if !local {
+            match admin.log.honours_create_only().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "the {} store does not honour create-only puts (If-None-Match: *): two replicas could both write one change; use a server that supports conditional writes",
+                        cfg.backend.as_str()
+                    ));
+                }
+                // checked at the next start; the first write would find out too
+                Err(e) => {
+                    tracing::warn!(error = %e, "the admin store could not be probed for create-only puts")
+                }
+            }
+        }
+        if let Err(e) = admin.migrate(&config.store.data_dir).await {
+            let e = format!("cannot migrate admin-state.json into the admin store: {e}");
+            if local {
+                return Err(e);
+            }
+            // kept in place: the next start tries again
+            tracing::error!("{e}");
         }
         let loaded = {
             let mut st = admin.state.lock().await;
@@ -142,55 +162,84 @@ impl Admin {
         Ok(admin)
     }
 
+    /// The state, for an admin read: 503 until the store was read once (an empty list would
+    /// tell a client that nothing exists).
+    pub(super) async fn read(&self) -> Result<tokio::sync::MutexGuard<'_, Local>, ApiError> {
+        let st = self.state.lock().await;
+        if !st.loaded {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin store has not been read yet; try again",
+            ));
+        }
+        Ok(st)
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
     /// A read or write of the store worked: the state is fresh.
     fn succeeded(&self) {
-        self.last_success.store(self.now_ms(), Ordering::Relaxed);
+        self.last_success.store(self.now_ms(), Ordering::SeqCst);
         self.metrics
             .admin_store_last_success
             .set(chrono::Utc::now().timestamp());
         if self.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("the admin store is reachable again");
         }
-        if self.stale.swap(false, Ordering::Relaxed) {
+        let _one_at_a_time = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stale.swap(false, Ordering::SeqCst) {
             tracing::info!("admin objects are in force again");
             self.metrics.admin_store_stale.set(0);
-            self.sync_in_force();
+            self.store.set_admin_in_force(true);
         }
     }
 
     /// The store could not be used (each failed request is counted by the observer): logged
     /// at the start of an outage; past `max_staleness` the admin objects are withdrawn.
     fn failed(&self, e: &StoreError) {
+        if matches!(e, StoreError::Corrupt { .. }) {
+            self.metrics
+                .admin_store_errors
+                .with_label_values(&["apply"])
+                .inc();
+            self.stuck();
+        }
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, "the admin store is unavailable: requests are served from memory, admin writes answer 503");
         }
         self.check_staleness();
     }
 
-    /// Puts the admin objects in force or withholds them, as `stale` says now: serialised, so
-    /// that of a turn to stale and a recovery racing, the last word is the flag's.
-    fn sync_in_force(&self) {
-        let _one_at_a_time = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
-        self.store
-            .set_admin_in_force(!self.stale.load(Ordering::SeqCst));
-    }
-
+    /// Withdraws the admin objects past `max_staleness` without a successful read. Serialised
+    /// with [`Admin::succeeded`] (which records the success before taking the same lock), so a
+    /// success racing this check always has the last word.
     fn check_staleness(&self) {
+        let _one_at_a_time = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
         let age = self
             .now_ms()
-            .saturating_sub(self.last_success.load(Ordering::Relaxed));
-        if age > self.max_staleness.as_millis() as u64 && !self.stale.swap(true, Ordering::Relaxed)
-        {
+            .saturating_sub(self.last_success.load(Ordering::SeqCst));
+        if age > self.max_staleness.as_millis() as u64 && !self.stale.swap(true, Ordering::SeqCst) {
             tracing::error!(
                 max_staleness = ?self.max_staleness,
                 "the admin store was not read for longer than max_staleness: tokens known only from it are refused until it is read again"
             );
             self.metrics.admin_store_stale.set(1);
-            self.sync_in_force();
+            self.store.set_admin_in_force(false);
+        }
+    }
+
+    /// This replica cannot go on reading the log (an entry it cannot apply): it knows it is
+    /// behind, so the admin objects are withdrawn at once, not after `max_staleness`.
+    fn stuck(&self) {
+        let _one_at_a_time = self.in_force.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.stale.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                "admin objects are withdrawn until this replica can read the admin store's next change (upgrade it, or fix the entry)"
+            );
+            self.metrics.admin_store_stale.set(1);
+            self.store.set_admin_in_force(false);
         }
     }
 
@@ -333,34 +382,62 @@ impl Admin {
     /// Runs one admin write: `plan` reads the state and returns the operations to make and the
     /// answer to give. The operations are appended to the log and applied here before the
     /// answer is sent. If another replica wrote first, this replica catches up and plans again
-    /// (an `If-Match` that held before may now answer 412).
+    /// (an `If-Match` that held before may now answer 412). A refusal (412, 404, 409, 400) is
+    /// made against the latest state too: one read of the store confirms nothing is newer.
+    ///
+    /// Writes on this replica are serialised by `writer`; the state itself is locked only to
+    /// plan and to apply, never while the store is written, so polls and admin reads go on
+    /// while a put is slow.
     pub(super) async fn write<T>(
         &self,
         actor: &str,
         mut plan: impl FnMut(&ApiState) -> Result<(Tx, T), ApiError>,
     ) -> Result<T, ApiError> {
-        let mut st = self.state.lock().await;
-        // behind for a known reason (never read, a write of unknown outcome, stale): read
-        // first, so the plan sees the latest state
-        let behind = !st.loaded
-            || self.dirty.swap(false, Ordering::Relaxed)
-            || self.stale.load(Ordering::Relaxed);
-        if behind && let Err(e) = self.catch_up(&mut st).await {
-            self.dirty.store(true, Ordering::Relaxed);
-            return Err(unavailable(&e));
-        }
-        for _ in 0..WRITE_ATTEMPTS {
-            let (tx, out) = plan(&st.data)?;
-            if tx.is_empty() {
-                return Ok(out);
+        let _one_writer = self.writer.lock().await;
+        {
+            let mut st = self.state.lock().await;
+            // behind for a known reason (never read, a write of unknown outcome, stale): read
+            // first, so the plan sees the latest state
+            let behind = !st.loaded
+                || self.dirty.swap(false, Ordering::Relaxed)
+                || self.stale.load(Ordering::Relaxed);
+            if behind && let Err(e) = self.catch_up(&mut st).await {
+                self.dirty.store(true, Ordering::Relaxed);
+                return Err(unavailable(&e));
             }
-            let seq = st.applied + 1;
+        }
+        let mut confirmed = false;
+        for _ in 0..WRITE_ATTEMPTS {
+            let (planned, seq) = {
+                let st = self.state.lock().await;
+                (plan(&st.data), st.applied + 1)
+            };
+            let (tx, out) = match planned {
+                Ok((tx, out)) if !tx.is_empty() => (tx, out),
+                refused => {
+                    // refused (or nothing to do) against this replica's state: if another
+                    // replica changed something since, catch up and plan again
+                    if !confirmed && self.newer_than(seq - 1).await {
+                        confirmed = true;
+                        continue;
+                    }
+                    return refused.map(|(_, out)| out);
+                }
+            };
             let doc = ChangeDoc {
                 ops: tx.ops,
                 next_id: tx.next_id,
                 actor: actor.to_string(),
                 at: super::now_rfc3339(),
             };
+            // a change this replica could not apply again is never written
+            if let Err(detail) = ApiState::check(&doc) {
+                tracing::error!(detail, "an admin change does not read back; not written");
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the change could not be encoded; nothing was changed",
+                ));
+            }
             // a store that stops answering must not hold the admin API: past WRITE_TIMEOUT
             // the outcome is unknown (and never sent again)
             let appended = tokio::time::timeout(WRITE_TIMEOUT, self.log.append(seq, &doc))
@@ -372,18 +449,29 @@ impl Admin {
                 });
             match appended {
                 Ok(Appended::Mine) => {
-                    let mut changes = Vec::new();
-                    self.apply_entry(&mut st, seq, &doc, &mut changes)
-                        .map_err(|e| unavailable(&e))?;
-                    self.store.apply(&changes);
-                    self.metrics.admin_store_generation.set(seq as i64);
+                    let mut st = self.state.lock().await;
+                    if st.applied + 1 == seq {
+                        let mut changes = Vec::new();
+                        if let Err(e) = self.apply_entry(&mut st, seq, &doc, &mut changes) {
+                            // checked above: a bug if reached; the replica is stale now
+                            tracing::error!(error = %e, seq, "an admin change written here cannot be applied");
+                            return Err(ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the change was written but cannot be applied; this replica stopped reading the admin store",
+                            ));
+                        }
+                        self.store.apply(&changes);
+                        self.metrics.admin_store_generation.set(seq as i64);
+                    }
+                    // else: the poller read it back and applied it already
                     self.succeeded();
-                    if seq % CHECKPOINT_EVERY == 0 {
+                    if seq % CHECKPOINT_EVERY == 0 && st.applied == seq {
                         self.checkpoint(seq, st.data.clone());
                     }
                     return Ok(out);
                 }
                 Ok(Appended::Taken) => {
+                    let mut st = self.state.lock().await;
                     if let Err(e) = self.catch_up(&mut st).await {
                         self.dirty.store(true, Ordering::Relaxed);
                         return Err(unavailable(&e));
@@ -413,10 +501,29 @@ impl Admin {
         ))
     }
 
+    /// Whether the store holds changes after `applied` (one GET); if so they are applied. A
+    /// store that cannot be read says no: the refusal then stands on this replica's state.
+    async fn newer_than(&self, applied: u64) -> bool {
+        match self
+            .log
+            .read_after::<serde::de::IgnoredAny>(applied, 1)
+            .await
+        {
+            Ok(found) if !found.is_empty() => {
+                let mut st = self.state.lock().await;
+                self.catch_up(&mut st).await.is_ok()
+            }
+            _ => false,
+        }
+    }
+
     /// Stores the whole state as of `seq`, in the background.
     fn checkpoint(&self, seq: u64, data: ApiState) {
         let log = self.log.clone();
-        tokio::spawn(async move {
+        let rt = tokio::runtime::Handle::current();
+        // serialising the whole state is CPU work: on the blocking pool, never on a worker
+        tokio::task::spawn_blocking(move || {
+            rt.block_on(async move {
             match log.put_checkpoint(seq, &data).await {
                 Ok(_) => {
                     tracing::info!(seq, "admin store checkpoint written");
@@ -428,6 +535,7 @@ impl Admin {
                     tracing::warn!(seq, error = %e, "admin store checkpoint not written; new replicas read more changes until the next one");
                 }
             }
+            })
         });
     }
 

@@ -84,6 +84,9 @@ pub struct ChangeLog {
     observer: Option<Observer>,
     /// The data directory of a local store, where tests inject write faults.
     fault_dir: Option<Arc<PathBuf>>,
+    /// Whether a listing comes in key order (object stores: yes; a local directory walk:
+    /// no), so that a long listing can stop early.
+    listing_sorted: bool,
 }
 
 static FAULTS: std::sync::Mutex<Vec<(PathBuf, std::io::ErrorKind)>> =
@@ -180,12 +183,15 @@ impl ChangeLog {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
+        // object stores list in key order; the local filesystem walks a directory
+        let listing_sorted = !store.to_string().starts_with("LocalFileSystem");
         ChangeLog {
             store,
             prefix,
             local_root: None,
             observer: None,
             fault_dir: None,
+            listing_sorted,
         }
     }
 
@@ -278,9 +284,45 @@ impl ChangeLog {
         r.map(|_| ())
     }
 
+    /// Checks that the store honours create-only puts: a second create of one key must be
+    /// refused. A server that ignores `If-None-Match: *` would let two replicas both take one
+    /// sequence number, and their states would part for good. Two PUTs and a DELETE of a
+    /// `probe/` key. `Ok(false)`: the store is not fit for the admin store.
+    pub async fn honours_create_only(&self) -> Result<bool, StoreError> {
+        let key = Key::from(format!("{}probe/{}", self.prefix, random_write_id()?));
+        let body = Bytes::from_static(b"create-only probe");
+        self.put_create(&key, body.clone())
+            .await
+            .map_err(|e| unavailable("put", &key, &e))?;
+        let second = self.put_create(&key, body).await;
+        let _ = self.delete(&key).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(true),
+            Ok(()) => Ok(false),
+            Err(e) => Err(unavailable("put", &key, &e)),
+        }
+    }
+
     /// One LIST (however many pages it takes): the sequence numbers under `dir` after `after`
     /// (all of them with `None`), sorted.
     async fn list(&self, dir: &str, after: Option<u64>) -> Result<Vec<u64>, StoreError> {
+        self.list_at_most(dir, after, usize::MAX).await
+    }
+
+    /// Like [`ChangeLog::list`], reading no more than `limit` keys when the store lists in
+    /// key order (a replica far behind does not page through the whole log per batch).
+    async fn list_at_most(
+        &self,
+        dir: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let limit = if self.listing_sorted {
+            limit
+        } else {
+            usize::MAX
+        };
         let prefix = Key::from(format!("{}{dir}", self.prefix));
         let listing = match after {
             Some(a) => self
@@ -288,7 +330,7 @@ impl ChangeLog {
                 .list_with_offset(Some(&prefix), &self.key(dir, a)),
             None => self.store.list(Some(&prefix)),
         };
-        let metas: Vec<_> = match listing.try_collect().await {
+        let metas: Vec<_> = match listing.take(limit).try_collect().await {
             Ok(m) => {
                 self.observe(StoreOp::List, true);
                 m
@@ -439,7 +481,7 @@ impl ChangeLog {
             return Ok(out);
         }
         let mut want = Vec::new();
-        for s in self.list("log", Some(first)).await? {
+        for s in self.list_at_most("log", Some(first), max).await? {
             if s != first + 1 + want.len() as u64 || want.len() + 1 >= max {
                 break;
             }

@@ -58,6 +58,11 @@ async fn contract(fresh: impl Fn(&str) -> ChangeLog) {
     const N: u64 = 40; // more than CONCURRENT_GETS
     let (log, ev) = observed(fresh("main"));
 
+    // the backend refuses a second create of one key (and the probe leaves nothing behind)
+    let probe = fresh("probe");
+    assert!(probe.honours_create_only().await.unwrap());
+    assert!(probe.list("probe", None).await.unwrap().is_empty());
+
     // empty
     assert!(log.read_after::<Ch>(0, 100).await.unwrap().is_empty());
     assert_eq!(take(&ev), [(Get, true)], "a GET answering not found is ok");
@@ -878,4 +883,13 @@ mod transport {
             .unwrap_err();
         assert_eq!(e.kind(), HttpErrorKind::Connect, "{e}");
     }
+}
+
+#[test]
+fn only_object_stores_are_taken_to_list_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+    assert!(!ChangeLog::new(Arc::new(fs), "").listing_sorted);
+    let mem = object_store::memory::InMemory::new();
+    assert!(ChangeLog::new(Arc::new(mem), "").listing_sorted);
 }
