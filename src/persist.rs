@@ -1,4 +1,5 @@
-//! Crash-safe, versioned documents in `store.data_dir` (the admin API's state, SPEC 9).
+//! Crash-safe, versioned documents in `store.data_dir`. The admin API kept its state in one such
+//! document (`admin-state.json`) before the admin store; it is read once, to migrate it.
 //!
 //! A document is one JSON file. A write goes to a temporary file in the same directory, is
 //! fsynced, renamed over the document, and the directory is fsynced. A reader therefore sees
@@ -139,18 +140,12 @@ impl Document {
         })?;
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let tmp = self.temp_path();
-        let fault = injected_fault(&self.dir);
         let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
-            if let Some(kind) = fault {
-                // half the document reaches the disk, then the write fails
-                f.write_all(&bytes[..bytes.len() / 2])?;
-                return Err(std::io::Error::from(kind));
-            }
             f.write_all(&bytes)?;
             f.sync_all()?;
             drop(f);
@@ -164,27 +159,6 @@ impl Document {
         }
         Ok(version)
     }
-}
-
-/// Directories whose writes fail, for fault-injection tests (a disk that is full or read-only
-/// cannot be had without privileges).
-static FAULTS: std::sync::Mutex<Vec<(PathBuf, std::io::ErrorKind)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Makes every save into `dir` fail with `kind` halfway through writing (or stop failing, with
-/// `None`). Test support.
-#[doc(hidden)]
-pub fn inject_write_fault(dir: &std::path::Path, kind: Option<std::io::ErrorKind>) {
-    let mut f = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
-    f.retain(|(d, _)| d != dir);
-    if let Some(k) = kind {
-        f.push((dir.to_path_buf(), k));
-    }
-}
-
-fn injected_fault(dir: &std::path::Path) -> Option<std::io::ErrorKind> {
-    let f = FAULTS.lock().unwrap_or_else(|p| p.into_inner());
-    f.iter().find(|(d, _)| d == dir).map(|(_, k)| *k)
 }
 
 #[cfg(test)]

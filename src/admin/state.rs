@@ -22,12 +22,23 @@ pub struct Owners {
     pub sa: HashMap<u64, BTreeSet<u64>>,
 }
 
-fn unlink<K: Eq + std::hash::Hash, V: Ord>(m: &mut HashMap<K, BTreeSet<V>>, k: &K, v: &V) {
-    if let Some(set) = m.get_mut(k) {
-        set.remove(v);
+/// Moves token `id` from `old` owner's set to `new` owner's (either may be absent).
+fn relink<K: Eq + std::hash::Hash, V: Ord + Clone>(
+    m: &mut HashMap<K, BTreeSet<V>>,
+    old: Option<K>,
+    new: Option<K>,
+    id: &V,
+) {
+    if let Some(k) = old
+        && let Some(set) = m.get_mut(&k)
+    {
+        set.remove(id);
         if set.is_empty() {
-            m.remove(k);
+            m.remove(&k);
         }
+    }
+    if let Some(k) = new {
+        m.entry(k).or_default().insert(id.clone());
     }
 }
 
@@ -349,11 +360,11 @@ impl ApiState {
                 // never creates a token before its policy, but a log is read as written) is
                 // given to the policy's tokens
                 if old_name != new_name {
-                    let ids: Vec<String> = self.cloud_tokens_of(&k).cloned().collect();
-                    for id in ids {
-                        if let Some(t) = self.cloud_tokens.get(&id)
-                            && let Some(h) = hash_of(&t.hash)
-                        {
+                    for t in self
+                        .cloud_tokens_of(&k)
+                        .filter_map(|id| self.cloud_tokens.get(id))
+                    {
+                        if let Some(h) = hash_of(&t.hash) {
                             out.push(Change::Token(h, self.cloud_token_rec(t)));
                         }
                     }
@@ -363,17 +374,12 @@ impl ApiState {
                 let old = self.cloud_tokens.get(&k).and_then(|t| hash_of(&t.hash));
                 let new = v.as_ref().and_then(|t| self.cloud_token_rec(t));
                 token_changes(old, new, out);
-                if let Some(o) = self.cloud_tokens.get(&k) {
-                    let owner = o.access_policy_id.clone();
-                    unlink(&mut self.owners.cloud, &owner, &k);
-                }
-                if let Some(t) = &v {
-                    self.owners
-                        .cloud
-                        .entry(t.access_policy_id.clone())
-                        .or_default()
-                        .insert(k.clone());
-                }
+                let old_owner = self
+                    .cloud_tokens
+                    .get(&k)
+                    .map(|o| o.access_policy_id.clone());
+                let new_owner = v.as_ref().map(|t| t.access_policy_id.clone());
+                relink(&mut self.owners.cloud, old_owner, new_owner, &k);
                 put(&mut self.cloud_tokens, k, v);
             }
             Parsed::ServiceAccount(id, v) => {
@@ -390,11 +396,11 @@ impl ApiState {
                 put(&mut self.service_accounts, id, v);
                 // a rename (PATCH name) re-keys the account's tokens, and only them
                 if old_name != new_name {
-                    let ids: Vec<u64> = self.sa_tokens_of(id).copied().collect();
-                    for tid in ids {
-                        if let Some(t) = self.sa_tokens.get(&tid)
-                            && let Some(h) = hash_of(&t.hash)
-                        {
+                    for t in self
+                        .sa_tokens_of(id)
+                        .filter_map(|tid| self.sa_tokens.get(tid))
+                    {
+                        if let Some(h) = hash_of(&t.hash) {
                             out.push(Change::Token(h, self.sa_token_rec(t)));
                         }
                     }
@@ -404,17 +410,9 @@ impl ApiState {
                 let old = self.sa_tokens.get(&id).and_then(|t| hash_of(&t.hash));
                 let new = v.as_ref().and_then(|t| self.sa_token_rec(t));
                 token_changes(old, new, out);
-                if let Some(o) = self.sa_tokens.get(&id) {
-                    let owner = o.service_account;
-                    unlink(&mut self.owners.sa, &owner, &id);
-                }
-                if let Some(t) = &v {
-                    self.owners
-                        .sa
-                        .entry(t.service_account)
-                        .or_default()
-                        .insert(id);
-                }
+                let old_owner = self.sa_tokens.get(&id).map(|o| o.service_account);
+                let new_owner = v.as_ref().map(|t| t.service_account);
+                relink(&mut self.owners.sa, old_owner, new_owner, &id);
                 put(&mut self.sa_tokens, id, v);
             }
         }
