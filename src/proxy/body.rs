@@ -151,7 +151,7 @@ impl HttpBody for LimitedBody {
 /// A response body that holds its endpoint's in-flight count until it has been sent (or the
 /// client went away).
 struct Guarded {
-    inner: Incoming,
+    inner: crate::upstream::UpBody,
     _guard: crate::upstream::InflightGuard,
 }
 
@@ -177,7 +177,10 @@ impl HttpBody for Guarded {
     }
 }
 
-pub fn guarded(inner: Incoming, guard: crate::upstream::InflightGuard) -> super::Body {
+pub fn guarded(
+    inner: crate::upstream::UpBody,
+    guard: crate::upstream::InflightGuard,
+) -> super::Body {
     use http_body_util::BodyExt;
     Guarded {
         inner,

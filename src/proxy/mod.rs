@@ -418,15 +418,18 @@ async fn prepare(
             }
         }
     };
-    let path_and_query = match query {
-        Some(q) => format!("{}?{q}", route.upstream_path),
-        None => route.upstream_path.to_string(),
+    let path_and_query = {
+        let mut s = String::with_capacity(
+            route.upstream_path.len() + query.as_deref().map_or(0, |q| q.len() + 1),
+        );
+        s.push_str(&route.upstream_path);
+        if let Some(q) = &query {
+            s.push('?');
+            s.push_str(q);
+        }
+        http::uri::PathAndQuery::try_from(s)
+            .map_err(|_| Failure::BadRequest("request path cannot be forwarded".into()))?
     };
-    if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(Failure::BadRequest(
-            "request path cannot be forwarded".into(),
-        ));
-    }
     headers::clean_request(&mut parts.headers, upgrade, grpc);
     if grpc {
         // HTTP/2 carries the authority in the URI; a Host header would conflict with it

@@ -191,7 +191,7 @@ pub struct Head {
     pub method: Method,
     pub version: Version,
     pub headers: HeaderMap,
-    pub path_and_query: String,
+    pub path_and_query: http::uri::PathAndQuery,
     pub grpc: bool,
 }
 
@@ -226,6 +226,7 @@ pub fn start(targets: &[Arc<MirrorTarget>], head: &Head, body: Body, timeout: Du
             head.headers.clone(),
             &head.path_and_query,
             copy.boxed_unsync(),
+            head.grpc,
         ) {
             Ok(r) => r,
             Err(_) => {
@@ -241,17 +242,12 @@ pub fn start(targets: &[Arc<MirrorTarget>], head: &Head, body: Body, timeout: Du
         let grpc = head.grpc;
         tokio::spawn(async move {
             let _permit = permit;
-            let client = if grpc {
-                &t.endpoint.clients.http2
-            } else {
-                &t.endpoint.clients.http1
-            };
             let result = tokio::time::timeout(timeout, async {
-                let resp = client.request(req).await?;
+                let resp = t.endpoint.clients.send(req, grpc).await?;
                 let ok = resp.status().is_success();
                 // read the answer through, so the connection goes back to the pool
                 super::drain(resp.into_body()).await;
-                Ok::<bool, hyper_util::client::legacy::Error>(ok)
+                Ok::<bool, super::client::ClientError>(ok)
             })
             .await;
             match result {

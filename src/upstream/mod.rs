@@ -19,10 +19,11 @@ use crate::telemetry::Metrics;
 use crate::wire::Body;
 use arc_swap::ArcSwap;
 use balance::Candidate;
+pub use client::UpBody;
 use client::{ClientSettings, Clients, EndpointResolver};
 use health::{Change, Health, Thresholds};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, Version};
-use hyper::body::Incoming;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -177,7 +178,7 @@ impl Endpoint {
             }
         };
         let m = EndpointMetrics::new(metrics, backend, component, &label);
-        let clients = pools.get(&url.scheme, &authority, key.1, resolver);
+        let clients = pools.get(&url.scheme, &authority, key.1, resolver)?;
         Ok(Endpoint {
             label,
             key,
@@ -194,42 +195,34 @@ impl Endpoint {
         })
     }
 
-    /// A request to this endpoint: its scheme and authority, its base path before `pq`.
+    /// A request to this endpoint: its base path before `pq`; an absolute URI for HTTP/2
+    /// (`grpc`), origin form for HTTP/1.
     pub fn request(
         &self,
         method: Method,
         version: Version,
         headers: HeaderMap,
-        pq: &str,
+        pq: &PathAndQuery,
         body: Body,
+        grpc: bool,
     ) -> Result<Request<Body>, http::Error> {
-        let mut full = String::with_capacity(self.base_path.len() + pq.len());
-        full.push_str(&self.base_path);
-        full.push_str(pq);
-        self.request_owned(method, version, headers, full, body, true)
-    }
-
-    /// [`Endpoint::request`] taking the path by value (no copy when there is no base path);
-    /// `based`: the base path is already in `pq`.
-    fn request_owned(
-        &self,
-        method: Method,
-        version: Version,
-        headers: HeaderMap,
-        pq: String,
-        body: Body,
-        based: bool,
-    ) -> Result<Request<Body>, http::Error> {
-        let full = if based || self.base_path.is_empty() {
-            pq
+        let full = if self.base_path.is_empty() {
+            pq.clone()
         } else {
-            format!("{}{pq}", self.base_path)
+            let mut s = String::with_capacity(self.base_path.len() + pq.as_str().len());
+            s.push_str(&self.base_path);
+            s.push_str(pq.as_str());
+            PathAndQuery::try_from(s)?
         };
-        let uri = http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(full)
-            .build()?;
+        let uri = if grpc {
+            http::Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(full)
+                .build()?
+        } else {
+            http::Uri::from(full)
+        };
         let mut r = Request::new(body);
         *r.method_mut() = method;
         *r.uri_mut() = uri;
@@ -326,16 +319,22 @@ impl ClientCache {
         authority: &http::uri::Authority,
         addr: Option<SocketAddr>,
         resolver: EndpointResolver,
-    ) -> Arc<Clients> {
+    ) -> Result<Arc<Clients>, String> {
         let key = (format!("{scheme}://{authority}"), addr);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = pools.get(&key).and_then(std::sync::Weak::upgrade) {
-            return c;
+            return Ok(c);
         }
         pools.retain(|_, w| w.strong_count() > 0);
-        let c = Arc::new(Clients::new(&self.settings, resolver));
+        let origin = http::Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("endpoint {}: {e}", key.0))?;
+        let c = Arc::new(Clients::new(&self.settings, resolver, origin));
         pools.insert(key, Arc::downgrade(&c));
-        c
+        Ok(c)
     }
 }
 
@@ -593,21 +592,24 @@ impl ComponentPool {
     }
 
     async fn probe(&self, e: &Endpoint) -> Result<(), String> {
+        let pq = PathAndQuery::try_from(self.health_check.path.as_str())
+            .map_err(|err| err.to_string())?;
         let req = e
             .request(
                 Method::GET,
                 Version::HTTP_11,
                 HeaderMap::new(),
-                &self.health_check.path,
+                &pq,
                 crate::wire::full(bytes::Bytes::new()),
+                false,
             )
             .map_err(|err| err.to_string())?;
         let r = tokio::time::timeout(self.health_check.timeout, async {
-            let resp = e.clients.http1.request(req).await?;
+            let resp = e.clients.send(req, false).await?;
             let status = resp.status();
             // read the answer through (bounded by the timeout) so the connection is reused
             drain(resp.into_body()).await;
-            Ok::<_, hyper_util::client::legacy::Error>(status)
+            Ok::<_, client::ClientError>(status)
         })
         .await;
         match r {
@@ -628,7 +630,7 @@ impl ComponentPool {
 
 /// Reads a response body to its end without keeping it (a health check or mirror answer of
 /// any size costs no memory), so that its connection goes back to the pool.
-pub(crate) async fn drain(mut body: Incoming) {
+pub(crate) async fn drain(mut body: UpBody) {
     use http_body_util::BodyExt;
     while let Some(Ok(_)) = body.frame().await {}
 }
@@ -662,7 +664,7 @@ pub struct Outgoing {
     pub version: Version,
     pub headers: HeaderMap,
     /// Path (after the route's rewrites) and query, without an endpoint's base path.
-    pub path_and_query: String,
+    pub path_and_query: PathAndQuery,
     pub body: Body,
     pub grpc: bool,
     /// `Some(cap)`: a read, whose body (up to `cap` bytes) may be sent again after its
@@ -688,13 +690,13 @@ pub enum SendError {
 
 /// A response and the endpoint it came from (its guard keeps it counted in flight).
 pub struct Sent {
-    pub response: Response<Incoming>,
+    pub response: Response<UpBody>,
     pub guard: InflightGuard,
     pub retried: bool,
 }
 
 enum Outcome {
-    Response(Response<Incoming>),
+    Response(Response<UpBody>),
     Connect { message: String, timed_out: bool },
     Timeout,
     Failed(String),
@@ -740,7 +742,7 @@ impl ComponentPool {
         if eps.len() == 1 {
             // nowhere else to go: no copy of the headers, no replay
             let req = eps[first]
-                .request_owned(method, version, headers, path_and_query, body, false)
+                .request(method, version, headers, &path_and_query, body, grpc)
                 .map_err(|_| SendError::BadRequest)?;
             let guard = InflightGuard::new(eps[first].clone());
             return self
@@ -758,6 +760,7 @@ impl ComponentPool {
                 headers.clone(),
                 &path_and_query,
                 http_body_util::BodyExt::boxed_unsync(body.retry().ok_or(SendError::BadRequest)?),
+                grpc,
             )
             .map_err(|_| SendError::BadRequest)?;
         let guard = InflightGuard::new(eps[first].clone());
@@ -785,7 +788,7 @@ impl ComponentPool {
             return Err(first_error);
         };
         let req = eps[second]
-            .request(method, version, headers, &path_and_query, b)
+            .request(method, version, headers, &path_and_query, b, grpc)
             .map_err(|_| SendError::BadRequest)?;
         self.metrics
             .upstream_retries
@@ -812,12 +815,7 @@ impl ComponentPool {
         grpc: bool,
         deadline: Instant,
     ) -> Outcome {
-        let client = if grpc {
-            &ep.clients.http2
-        } else {
-            &ep.clients.http1
-        };
-        match tokio::time::timeout_at(deadline, client.request(req)).await {
+        match tokio::time::timeout_at(deadline, ep.clients.send(req, grpc)).await {
             Ok(Ok(r)) => {
                 ep.m.count_status(&self.metrics, r.status().as_u16());
                 // the common case (healthy, no failure run) takes no lock
