@@ -10,6 +10,7 @@ pub mod config;
 pub mod diag;
 pub mod duration;
 pub mod lbac;
+pub mod mem;
 pub mod persist;
 pub mod policy;
 pub mod proxy;

@@ -5,6 +5,19 @@ use obsgate::{config, store, token};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc (v3): per-request allocations (hyper's 8 KiB read buffers, header maps, boxed
+/// bodies) cost less than with glibc's allocator, and memory unused for a second is returned to
+/// the system (it purges with `MADV_DONTNEED`), so a large policy load does not stay resident.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// After a policy load: the loading thread's freed pages go back to the system now, not when
+/// that (then idle) thread next allocates.
+fn release_memory() {
+    // SAFETY: mi_collect only walks the calling thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "obsgate",
@@ -67,6 +80,7 @@ enum TokenCmd {
 }
 
 fn main() -> ExitCode {
+    obsgate::mem::set_release_hook(release_memory);
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config } => serve(config),

@@ -176,7 +176,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     let (loaded, initial) = {
         let (p, c) = (paths.clone(), cluster.clone());
         tokio::task::spawn_blocking(move || {
-            (watch::stamps(&p), crate::store::load::load_files(&p, &c))
+            let loaded = (watch::stamps(&p), crate::store::load::load_files(&p, &c));
+            crate::mem::release();
+            loaded
         })
         .await
         .map_err(|e| StartError::Setup(format!("policy load task failed: {e}")))?

@@ -116,6 +116,12 @@ pub async fn run(
             cluster.clone(),
             metrics.clone(),
         );
-        let _ = tokio::task::spawn_blocking(move || reload(&s, &p, &c, &m)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let r = reload(&s, &p, &c, &m);
+            // the parse's garbage (and the set this one replaced, if dropped here) goes back
+            crate::mem::release();
+            r
+        })
+        .await;
     }
 }
