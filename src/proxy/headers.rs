@@ -69,16 +69,30 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
 /// Removes the hop-by-hop headers and `also`. One pass over the names present (a request has
 /// a handful) instead of one lookup per name that could be there.
 fn strip_hop_by_hop(h: &mut HeaderMap, also: &[HeaderName]) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    // the names to remove, on the stack for the usual handful (no allocation per request)
+    const ON_STACK: usize = 8;
+    let mut few: [Option<HeaderName>; ON_STACK] = Default::default();
+    let mut n = 0;
+    let mut more: Vec<HeaderName> = Vec::new();
+    let mut doom = |name: HeaderName| {
+        if n < ON_STACK {
+            few[n] = Some(name);
+            n += 1;
+        } else {
+            more.push(name);
+        }
+    };
     if h.contains_key(header::CONNECTION) {
-        doomed = connection_tokens(h);
+        for t in connection_tokens(h) {
+            doom(t);
+        }
     }
     for name in h.keys() {
         if HOP_BY_HOP.contains(name) || also.contains(name) {
-            doomed.push(name.clone());
+            doom(name.clone());
         }
     }
-    for name in doomed {
+    for name in few.into_iter().flatten().chain(more) {
         h.remove(name);
     }
 }

@@ -509,7 +509,7 @@ async fn send(
         p.out.body = crate::upstream::mirror::start(&up.mirrors, &head, body, p.timeout);
     }
     let t0 = Instant::now();
-    let deadline = tokio::time::Instant::now() + p.timeout;
+    let deadline = tokio::time::Instant::from_std(t0) + p.timeout;
     let result = pool.send(p.out, deadline).await;
     if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
         h.observe(t0.elapsed().as_secs_f64());
