@@ -288,6 +288,44 @@ async fn a_stalled_request_body_gets_408() {
 }
 
 #[tokio::test]
+async fn a_slow_steady_body_is_not_cut_and_a_stall_counts_from_the_last_bytes() {
+    let up = Upstream::start().await;
+    let s = setup(&up, "", "limits:\n  body_read_timeout: 1s\n");
+    let g = s.start().await;
+    let gw = g.shared_addr();
+    // 100 bytes, 10 every 600 ms: 5.4 s in all, never 1 s without progress
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    let head = format!(
+        "POST /api/v1/push HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: {}\r\ncontent-length: 100\r\n\r\n",
+        auth()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..10 {
+        c.write_all(b"0123456789").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let got = read_all(&mut c, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    // progress for 1.8 s, then a stall: 408 one timeout after the last bytes, not after the first
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        c.write_all(b"0123456789").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let last = Instant::now() - Duration::from_millis(600);
+    let got = read_all(&mut c, Duration::from_secs(6)).await;
+    let after = last.elapsed();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(
+        after >= Duration::from_millis(950) && after < Duration::from_millis(2500),
+        "408 came {after:?} after the last bytes"
+    );
+    assert_eq!(limit_hits(gw, "body_timeout").await, 1);
+    g.shutdown().await;
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_get_503_and_the_limit_frees_up() {
     let up = Upstream::start().await;
     let s = setup(

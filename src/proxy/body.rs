@@ -59,10 +59,13 @@ pub struct LimitedBody {
     max: u64,
     seen: u64,
     timeout: Duration,
-    /// Created when the body first has to wait (most bodies never do), reset when it has to
-    /// wait again after some progress.
+    /// Created when the body first has to wait (most bodies never do). Progress does not
+    /// re-arm it (a timer-wheel update per chunk): it only notes when the body last had to
+    /// wait after progress, and a timer that fires early is moved to that moment + `timeout`.
     timer: Option<Pin<Box<Sleep>>>,
     progressed: bool,
+    /// When the body last had to wait after some progress (the stall's start).
+    waiting_since: Option<Instant>,
     flag: Arc<CutFlag>,
     done: bool,
 }
@@ -76,6 +79,7 @@ impl LimitedBody {
             timeout,
             timer: None,
             progressed: false,
+            waiting_since: None,
             flag,
             done: false,
         }
@@ -125,14 +129,27 @@ impl HttpBody for LimitedBody {
             }
             Poll::Pending => {
                 let timeout = this.timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if std::mem::take(&mut this.progressed) {
-                    timer.as_mut().reset(Instant::now() + timeout);
+                let progressed = std::mem::take(&mut this.progressed);
+                let Some(timer) = this.timer.as_mut() else {
+                    let now = Instant::now();
+                    this.waiting_since = Some(now);
+                    let mut t = Box::pin(tokio::time::sleep_until(now + timeout));
+                    if t.as_mut().poll(cx).is_ready() {
+                        return this.fail(Cut::TimedOut);
+                    }
+                    this.timer = Some(t);
+                    return Poll::Pending;
+                };
+                if progressed {
+                    this.waiting_since = Some(Instant::now());
                 }
-                if timer.as_mut().poll(cx).is_ready() {
-                    return this.fail(Cut::TimedOut);
+                while timer.as_mut().poll(cx).is_ready() {
+                    // the stall began later than the timer was set for: wait for the rest
+                    let due = this.waiting_since.map(|t| t + timeout);
+                    match due {
+                        Some(d) if d > timer.deadline() => timer.as_mut().reset(d),
+                        _ => return this.fail(Cut::TimedOut),
+                    }
                 }
                 Poll::Pending
             }
