@@ -297,6 +297,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     })
 }
 
+/// hyper's default HTTP/1 read buffer limit (8 KiB + 100 × 4 KiB).
+const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+
 async fn accept_loop(
     listener: TcpListener,
     only: Option<BackendSlot>,
@@ -311,6 +314,7 @@ async fn accept_loop(
     let timeouts = guard::Timeouts {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
+        max_head_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -318,7 +322,14 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         // the header-read timeout is ours (guard.rs), which answers 408 before closing
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192) as usize)
+        // so is the head's size limit (guard.rs answers 431): hyper's buffer limit also caps
+        // each read, and bodies stream in reads as large as hyper's default allows
+        .max_buf_size(
+            usize::try_from(limits.max_header_bytes)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+                .max(HYPER_DEFAULT_MAX_BUF),
+        )
         .keep_alive(true);
     builder
         .http2()
