@@ -1,43 +1,63 @@
 //! The load benchmark's floor contestant (`benches/load/`): the cheapest reverse proxy one can
-//! build from the same hyper and hyper-util versions and the same runtime choice as obsgate
-//! (current-thread runtime, HTTP/1 server, pooled legacy client), with no authentication, no
-//! limits, no metrics and no header hygiene. What obsgate costs above it is obsgate's own work.
+//! build from the same hyper and hyper-util versions and the same runtime and allocator choice
+//! as obsgate (current-thread runtime, mimalloc, HTTP/1 server, pooled legacy client), with no
+//! authentication, no limits, no metrics and no header hygiene. What obsgate costs above it is
+//! obsgate's own work.
+//!
+//! Per request it only swaps the request's URI for one built from parts prepared at start-up
+//! (scheme and authority parsed once, the request's own path-and-query reused: no string
+//! formatting, no parsing), hands the request to the pooled client and returns the upstream's
+//! response body unboxed; 502 if the upstream fails. The shared state is leaked once so that
+//! neither a connection nor a request clones it.
 //!
 //! `floor_proxy LISTEN_ADDR UPSTREAM_ADDR` (e.g. `127.0.0.1:8081 127.0.0.1:9009`).
 
-use http_body_util::{BodyExt, combinators::BoxBody};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http_body_util::{Either, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+/// obsgate's allocator (src/main.rs), so that the allocator is not part of the difference.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Body = Either<Incoming, Empty<Bytes>>;
+
+struct Floor {
+    client: Client<HttpConnector, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
         return Err("usage: floor_proxy LISTEN_ADDR UPSTREAM_ADDR".into());
     };
+    let authority: Authority = upstream.parse()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(listen, upstream))
+    rt.block_on(serve(listen, authority))
 }
 
-async fn serve(listen: String, upstream: String) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(listen: String, authority: Authority) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let floor: &'static Floor = Box::leak(Box::new(Floor {
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        scheme: Scheme::HTTP,
+        authority,
+    }));
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
-        let (client, upstream) = (client.clone(), upstream.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                forward(client.clone(), upstream.clone(), req)
-            });
+            let svc = hyper::service::service_fn(move |req| forward(floor, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
@@ -46,31 +66,27 @@ async fn serve(listen: String, upstream: String) -> Result<(), Box<dyn std::erro
 }
 
 async fn forward(
-    client: Client<HttpConnector, Incoming>,
-    upstream: String,
+    floor: &'static Floor,
     mut req: Request<Incoming>,
-) -> Result<Response<Body>, hyper::Error> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    *req.uri_mut() = match format!("http://{upstream}{path}").parse() {
-        Ok(u) => u,
-        Err(_) => return Ok(status(400)),
-    };
-    match client.request(req).await {
-        Ok(resp) => Ok(resp.map(|b| b.boxed())),
-        Err(_) => Ok(status(502)),
+) -> Result<Response<Body>, Infallible> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(floor.scheme.clone());
+    parts.authority = Some(floor.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
+    *req.uri_mut() = match Uri::from_parts(parts) {
+        Ok(u) => u,
+        Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
+    };
+    Ok(match floor.client.request(req).await {
+        Ok(resp) => resp.map(Either::Left),
+        Err(_) => status(StatusCode::BAD_GATEWAY),
+    })
 }
 
-fn status(code: u16) -> Response<Body> {
-    let mut r = Response::new(
-        http_body_util::Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+fn status(code: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Empty::new()));
+    *r.status_mut() = code;
     r
 }

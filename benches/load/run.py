@@ -34,11 +34,25 @@ if ONLY - set(SIDE_BY_SIDE + ("replicas",)):
 REPLICAS_RATE = int(os.environ.get("REPLICAS_RATE", "0")) or None
 PERF = os.environ.get("PERF") == "1"
 REPEAT = int(os.environ.get("REPEAT", "3"))  # interleaved rounds; the report shows medians
+# WORKLOAD=query|push|both: the query workload (GET PATH, nginx `return 200` upstream) and/or the
+# push workload (POST PUSH_PATH, a PUSH_BYTES body, the push_sink upstream, which reads the whole
+# body before it answers, as a Mimir distributor does); both are measured in the same rounds
+WORKLOADS_ALL = ("query", "push")
+WORKLOAD = os.environ.get("WORKLOAD", "both")
+if WORKLOAD not in WORKLOADS_ALL + ("both",):
+    raise SystemExit(f"unknown WORKLOAD {WORKLOAD!r} (query, push or both)")
+WORKLOADS = WORKLOADS_ALL if WORKLOAD == "both" else (WORKLOAD,)
+PUSH_RATE = int(os.environ.get("PUSH_RATE", "1000"))  # the push workload's fixed rate, requests/s
+PUSH_BYTES = 256 * 1024
+RATES = {"query": RATE, "push": PUSH_RATE}
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "target", "bench-report")
 OBSGATE = os.path.join(ROOT, "target", "release", "obsgate")
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "floor_proxy")
+PUSH_SINK = os.path.join(ROOT, "target", "release", "examples", "push_sink")
 PATH = "/prometheus/api/v1/query?query=up"
+PUSH_PATH = "/api/v1/push"
+PATHS = {"query": PATH, "push": PUSH_PATH}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -104,13 +118,27 @@ def start(cmd, log, core="1", env=None):
     return subprocess.Popen(["taskset", "-c", core] + cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def wrk_cmd(url, auth, rate=None, count_status=False, name="wrk"):
+def wrk_cmd(url, auth, rate=None, count_status=False, name="wrk", push=False):
     script = os.path.join(WORK, f"{name}.lua")
     with open(script, "w") as f:
         f.write('wrk.headers["Authorization"] = "%s"\n' % auth if auth else "")
+        if push:
+            # a remote-write push: PUSH_BYTES of body (not real snappy: no contestant decodes it)
+            f.write('wrk.method = "POST"\n'
+                    f'wrk.body = string.rep("0123456789abcdef", {PUSH_BYTES // 16})\n'
+                    'wrk.headers["Content-Type"] = "application/x-protobuf"\n'
+                    'wrk.headers["Content-Encoding"] = "snappy"\n'
+                    'wrk.headers["X-Prometheus-Remote-Write-Version"] = "0.1.0"\n')
         if rate:
-            # each connection waits so that all together send about `rate` requests per second
-            f.write("function delay() return %d end\n" % max(1, int(CONNECTIONS * 1000 / rate)))
+            # each connection waits so that all together send about `rate` requests per second (a
+            # little less: the response time adds to the wait)
+            d = max(1, int(CONNECTIONS * 1000 / rate))
+            if push:
+                # pushes: a wait drawn uniformly from 0..2d (mean d), so that the connections do not
+                # send their 256 KiB bodies in step, in bursts of CONNECTIONS at once
+                f.write("function delay() return math.random(0, %d) end\n" % (2 * d))
+            else:
+                f.write("function delay() return %d end\n" % d)
         if count_status:
             # every status other than 200 is counted (wrk's own "Non-2xx or 3xx" line counts > 399)
             f.write(WRK_STATUS_LUA)
@@ -163,24 +191,28 @@ def parse_wrk(out):
             "non200": max(non200, non2xx), "statuses": statuses, "socket": sock, "raw": out}
 
 
-def wrk(url, auth, rate=None):
-    out = subprocess.run(wrk_cmd(url, auth, rate), capture_output=True, text=True, timeout=DURATION + 60).stdout
+def wrk(url, auth, rate=None, workload="query"):
+    # the push runs check every status (a push answers 200; 413 or 502 must show); the query runs
+    # keep wrk's own count of statuses above 399, which costs wrk no Lua call per response
+    push = workload == "push"
+    out = subprocess.run(wrk_cmd(url, auth, rate, count_status=push, name=f"wrk-{workload}", push=push),
+                         capture_output=True, text=True, timeout=DURATION + 60).stdout
     r = parse_wrk(out)
-    for k in ("non200", "statuses", "socket"):
-        del r[k]
+    del r["non200"]
     return r
 
 
-def measure(name, url, auth, pids):
+def measure(name, workload, url, auth, pids):
     res = {}
-    for mode, rate in (("saturation", None), ("fixed", RATE)):
+    for mode, rate in (("saturation", None), ("fixed", RATES[workload])):
         before = cpu_ticks(pids())
         perf = None
         if PERF and name == "obsgate" and rate is None:
-            perf = subprocess.Popen(["perf", "record", "-g", "-o", os.path.join(OUT, "obsgate.perf.data"),
+            data = "obsgate.perf.data" if workload == "query" else f"obsgate-{workload}.perf.data"
+            perf = subprocess.Popen(["perf", "record", "-g", "-o", os.path.join(OUT, data),
                                      "-p", ",".join(str(p) for p in pids()), "--", "sleep", str(DURATION)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = wrk(url, auth, rate)
+        r = wrk(url, auth, rate, workload)
         if perf:
             perf.wait()
         after = cpu_ticks(pids())
@@ -189,13 +221,15 @@ def measure(name, url, auth, pids):
         r["sys_us_per_req"] = per_req(after[1] - before[1])
         r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
         res[mode] = r
-        print(f"{name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-              f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f})  errors {r['errors']}", flush=True)
+        bad = "".join(f" [status {k} ×{v}]" for k, v in sorted(r["statuses"].items()))
+        print(f"{workload:5} {name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+              f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f})  errors {r['errors']}{bad}", flush=True)
     return res
 
 
 WORK = tempfile.mkdtemp(prefix="obsgate-load-")
 RELOADS = [0]
+NGINX_BUFFERED = [None]  # pushes nginx wrote to a temporary file (its "buffered" warnings)
 
 
 def median_of(runs):
@@ -209,6 +243,11 @@ def median_of(runs):
                 continue
             if k == "errors" or k == "requests":
                 m[k] = sum(x[k] for x in xs)
+            elif isinstance(xs[0][k], dict):  # statuses, socket errors: summed per key
+                m[k] = {}
+                for x in xs:
+                    for kk, v in x[k].items():
+                        m[k][kk] = m[k].get(kk, 0) + v
             else:
                 m[k] = statistics.median(x[k] for x in xs)
         out[mode] = m
@@ -218,40 +257,57 @@ def median_of(runs):
 def main():
     os.makedirs(OUT, exist_ok=True)
     os.makedirs(os.path.join(WORK, "tmp"), exist_ok=True)
-    up, nx, ha, gw, fl, cd = (free_port() for _ in range(6))
+    # up: the query upstream (nginx `return 200`); sink: the push upstream (push_sink); fl and flp:
+    # the floor for queries and the floor for pushes (one upstream each, so that the floor routes
+    # nothing); every other contestant routes PUSH_PATH to the sink and the rest to up
+    up, nx, ha, gw, fl, cd, sink, flp = (free_port() for _ in range(8))
     temps = " ".join(f"{d}_temp_path {WORK}/tmp/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     with open(f"{WORK}/up.conf", "w") as f:
         f.write(f"worker_processes 1; daemon off; pid {WORK}/up.pid; error_log {WORK}/up-error.log;\n"
                 f"events {{ worker_connections 4096; }}\n"
                 f"http {{ access_log off; {temps}\n"
                 f"  server {{ listen 127.0.0.1:{up}; location / {{ return 200 'ok\\n'; }} }} }}\n")
+    # pushes: proxy_request_buffering off, so that nginx streams the body as it arrives (as obsgate,
+    # haproxy and Caddy do by default) instead of writing it to a temporary file first
+    keep = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
     with open(f"{WORK}/nx.conf", "w") as f:
-        f.write(f"worker_processes 1; daemon off; pid {WORK}/nx.pid; error_log {WORK}/nx-error.log;\n"
+        # error_log at warn: a request body written to a temporary file would show there
+        f.write(f"worker_processes 1; daemon off; pid {WORK}/nx.pid; error_log {WORK}/nx-error.log warn;\n"
                 f"events {{ worker_connections 4096; }}\n"
                 f"http {{ access_log off; {temps}\n"
                 f"  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
-                f"  server {{ listen 127.0.0.1:{nx}; location / {{ proxy_pass http://up; proxy_http_version 1.1;"
-                f" proxy_set_header Connection \"\"; }} }} }}\n")
+                f"  upstream sink {{ server 127.0.0.1:{sink}; keepalive 64; }}\n"
+                f"  server {{ listen 127.0.0.1:{nx}; client_max_body_size 64m;\n"
+                f"    location = {PUSH_PATH} {{ proxy_pass http://sink; {keep} proxy_request_buffering off; }}\n"
+                f"    location / {{ proxy_pass http://up; {keep} }} }} }}\n")
+    # haproxy streams request bodies unless `option http-buffer-request` is set (it is not)
     with open(f"{WORK}/ha.cfg", "w") as f:
         f.write(f"global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n"
                 f"  timeout client 30s\n  timeout server 30s\n  http-reuse always\n"
-                f"frontend f\n  bind 127.0.0.1:{ha}\n  default_backend b\n"
-                f"backend b\n  server s1 127.0.0.1:{up}\n")
+                f"frontend f\n  bind 127.0.0.1:{ha}\n  use_backend sink if {{ path {PUSH_PATH} }}\n  default_backend b\n"
+                f"backend b\n  server s1 127.0.0.1:{up}\n"
+                f"backend sink\n  server s1 127.0.0.1:{sink}\n")
+    # Caddy's reverse_proxy streams request bodies by default (request_buffers unset)
     with open(f"{WORK}/Caddyfile", "w") as f:
         f.write("{\n  admin off\n  auto_https off\n}\n"
-                f"http://127.0.0.1:{cd} {{\n  reverse_proxy 127.0.0.1:{up}\n}}\n")
-    # obsgate with every check on: glc token, realm, scope, allowed subnet, LBAC header mode
+                f"http://127.0.0.1:{cd} {{\n"
+                f"  handle {PUSH_PATH} {{\n    reverse_proxy 127.0.0.1:{sink}\n  }}\n"
+                f"  handle {{\n    reverse_proxy 127.0.0.1:{up}\n  }}\n}}\n")
+    # obsgate with every check on: glc token, realm, scope, allowed subnet, LBAC header mode; the
+    # mimir backend's distributor (pushes) is the sink, everything else goes to url
     payload = json.dumps({"o": "1", "n": "bench-load", "k": "loadbenchsecret0123456789abcdefghij", "m": {"r": "local"}})
     token = "glc_" + base64.b64encode(payload.encode()).decode()
     digest = "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     with open(f"{WORK}/policies.yaml", "w") as f:
-        f.write("tenants:\n  - name: bench\naccess_policies:\n  - name: bench-read\n    scopes: [metrics:read]\n"
+        f.write("tenants:\n  - name: bench\naccess_policies:\n  - name: bench-rw\n"
+                "    scopes: [metrics:read, metrics:write]\n"
                 "    realms:\n      - tenant: bench\n        label_policies:\n          - selector: '{env=\"prod\"}'\n"
                 "    conditions:\n      allowed_subnets: [\"127.0.0.0/8\"]\n"
-                f"tokens:\n  - name: load\n    access_policy: bench-read\n    hash: \"{digest}\"\n")
+                f"tokens:\n  - name: load\n    access_policy: bench-rw\n    hash: \"{digest}\"\n")
     with open(f"{WORK}/gateway.yaml", "w") as f:
         f.write(f"server:\n  listen: \"127.0.0.1:{gw}\"\nstore:\n  policy_files: [policies.yaml]\n"
                 f"backends:\n  metrics:\n    kind: mimir\n    url: \"http://127.0.0.1:{up}\"\n"
+                f"    components:\n      distributor: {{ url: \"http://127.0.0.1:{sink}\" }}\n"
                 f"lbac:\n  mode: header\nlog:\n  level: warn\n")
     auth = "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()
 
@@ -261,19 +317,29 @@ def main():
         log = open(f"{WORK}/procs.log", "w")
         stop = threading.Event()
         try:
-            # every target is started once and stays up; the rounds interleave them so that a noisy
-            # neighbour on this machine hits all of them alike, and the report takes the medians
-            targets = {}
+            # every target is started once and stays up; the rounds interleave them (and the two
+            # workloads) so that a noisy neighbour on this machine hits all of them alike, and the
+            # report takes the medians. targets[workload][name] = (url, authorization, pids)
+            targets = {w: {} for w in WORKLOADS}
+
+            def add(name, port_of, a, pids):
+                for w in WORKLOADS:
+                    targets[w][name] = (f"http://127.0.0.1:{port_of[w]}{PATHS[w]}", a, pids)
+
             upstream = start(["nginx", "-c", f"{WORK}/up.conf", "-p", WORK], log)
             procs.append(upstream)
             wait_port(up)
-            targets["direct"] = (f"http://127.0.0.1:{up}{PATH}", None, lambda: [])
+            if "push" in WORKLOADS:
+                s = start([PUSH_SINK, f"127.0.0.1:{sink}"], log)
+                procs.append(s)
+                wait_port(sink)
+            add("direct", {"query": up, "push": sink}, None, lambda: [])
             if "obsgate" in ONLY:
                 env = dict(os.environ, TOKIO_WORKER_THREADS="1")
                 g = start([OBSGATE, "serve", "--config", f"{WORK}/gateway.yaml"], log, env=env)
                 procs.append(g)
                 wait_port(gw)
-                targets["obsgate"] = (f"http://127.0.0.1:{gw}{PATH}", auth, lambda: [g.pid])
+                add("obsgate", {"query": gw, "push": gw}, auth, lambda: [g.pid])
                 # a policy reload every second for the whole run (rename-over, as editors do)
                 def reload_every_second():
                     text = open(f"{WORK}/policies.yaml").read()
@@ -283,48 +349,64 @@ def main():
                         os.replace(f"{WORK}/policies.yaml.tmp", f"{WORK}/policies.yaml")
                 threading.Thread(target=reload_every_second, daemon=True).start()
             if "floor" in ONLY:
-                fp = start([FLOOR, f"127.0.0.1:{fl}", f"127.0.0.1:{up}"], log)
-                procs.append(fp)
-                wait_port(fl)
-                targets["floor"] = (f"http://127.0.0.1:{fl}{PATH}", auth, lambda: [fp.pid])
+                floors = {}
+                for w, port, upstream_port in (("query", fl, up), ("push", flp, sink)):
+                    if w in WORKLOADS:
+                        p = start([FLOOR, f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}"], log)
+                        procs.append(p)
+                        wait_port(port)
+                        floors[w] = p
+                for w, p in floors.items():
+                    targets[w]["floor"] = (f"http://127.0.0.1:{fl if w == 'query' else flp}{PATHS[w]}", auth,
+                                           lambda p=p: [p.pid])
             if "caddy" in ONLY:
                 env = dict(os.environ, GOMAXPROCS="1", HOME=WORK, XDG_DATA_HOME=WORK, XDG_CONFIG_HOME=WORK)
                 c = start(["caddy", "run", "--config", f"{WORK}/Caddyfile", "--adapter", "caddyfile"], log, env=env)
                 procs.append(c)
                 wait_port(cd)
-                targets["caddy"] = (f"http://127.0.0.1:{cd}{PATH}", auth, lambda: [c.pid])
+                add("caddy", {"query": cd, "push": cd}, auth, lambda: [c.pid])
             if "nginx" in ONLY:
                 n = start(["nginx", "-c", f"{WORK}/nx.conf", "-p", WORK], log)
                 procs.append(n)
                 wait_port(nx)
-                targets["nginx"] = (f"http://127.0.0.1:{nx}{PATH}", auth, lambda: family(n.pid))
+                add("nginx", {"query": nx, "push": nx}, auth, lambda: family(n.pid))
             if "haproxy" in ONLY:
                 h = start(["haproxy", "-f", f"{WORK}/ha.cfg"], log)
                 procs.append(h)
                 wait_port(ha)
-                targets["haproxy"] = (f"http://127.0.0.1:{ha}{PATH}", auth, lambda: [h.pid])
-            rounds = {name: [] for name in targets if name in ONLY}
+                add("haproxy", {"query": ha, "push": ha}, auth, lambda: [h.pid])
+            names = [n for n in SIDE_BY_SIDE if n in ONLY]
+            rounds = {w: {n: [] for n in names if n in targets[w]} for w in WORKLOADS}
             for r in range(REPEAT):
                 print(f"-- round {r + 1}/{REPEAT}", flush=True)
-                for name in rounds:
-                    url, a, pids = targets[name]
-                    rounds[name].append(measure(name, url, a, pids))
+                for w in WORKLOADS:
+                    for name in rounds[w]:
+                        url, a, pids = targets[w][name]
+                        rounds[w][name].append(measure(name, w, url, a, pids))
             stop.set()
-            if "obsgate" in targets:
+            if "obsgate" in ONLY:
                 metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"],
                                          capture_output=True, text=True).stdout
                 m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
                 RELOADS[0] = int(m.group(1)) - 1 if m else 0
-            results = {name: median_of(rs) for name, rs in rounds.items()}
+            results = {w: {name: median_of(rs) for name, rs in rounds[w].items()} for w in WORKLOADS}
         finally:
             stop.set()
             for p in procs:
                 stop_proc(p)
             log.close()
+        if "nginx" in ONLY and "push" in WORKLOADS:
+            try:
+                # a spooled body logs "buffered to a temporary file", or (its worker cannot enter
+                # WORK, which is root's and 0700) an open() of WORK/tmp/client_body/... failing
+                with open(f"{WORK}/nx-error.log", errors="replace") as f:
+                    NGINX_BUFFERED[0] = sum(1 for l in f if "buffered to a temporary file" in l or "client_body/" in l)
+            except OSError:
+                pass
     replicas = run_replicas(auth, temps) if "replicas" in ONLY else None
 
     report(results, replicas)
-    failed = sum(r[m]["errors"] for r in results.values() for m in r)
+    failed = sum(x[m]["errors"] for wr in results.values() for x in wr.values() for m in x)
     shutil.rmtree(WORK, ignore_errors=True)
     msgs = []
     if failed:
@@ -534,57 +616,184 @@ def replicas_lines(x):
     return lines
 
 
+# obsgate's targets (issue 12): CPU per request at saturation against nginx's (per workload), the
+# floor's and Caddy's, and p99 at the fixed rate against nginx's
+NGINX_TARGET = {"query": 1.0, "push": 0.6}
+FLOOR_TARGET = 1.05
+CADDY_TARGET = 4.0
+
+
+def finite(*xs):
+    return all(x == x and x not in (float("inf"), float("-inf")) and x > 0 for x in xs)
+
+
+def target_lines(w, res):
+    """One line per target of this workload, each ending MET or MISSED (ratios are judged as
+    printed, to two decimals)."""
+    cpu = lambda n: res.get(n, {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+    og, ng, fg, cg = cpu("obsgate"), cpu("nginx"), cpu("floor"), cpu("caddy")
+    verdict = lambda ok: "**MET**" if ok else "**MISSED**"
+    na = lambda what: f"- {w}: {what}: not measured (ONLY={','.join(sorted(ONLY))})"
+    out = []
+    t = NGINX_TARGET[w]
+    if finite(og, ng):
+        r = round(og / ng, 2)
+        out.append(f"- {w}: obsgate CPU/req {og:.1f} µs = {r:.2f}× nginx's {ng:.1f} µs (target ≤ {t:.1f}×): {verdict(r <= t)}")
+    else:
+        out.append(na("obsgate CPU/req vs nginx's"))
+    if finite(og, fg):
+        r = round(og / fg, 2)
+        out.append(f"- {w}: obsgate CPU/req = {r:.2f}× the floor's {fg:.1f} µs (bare hyper proxy; target ≤ {FLOOR_TARGET:.2f}×): "
+                   f"{verdict(r <= FLOOR_TARGET)}")
+    else:
+        out.append(na("obsgate CPU/req vs the floor's"))
+    if finite(og, cg):
+        r = round(cg / og, 2)
+        out.append(f"- {w}: Caddy's CPU/req {cg:.1f} µs = {r:.2f}× obsgate's (target: obsgate ≥ {CADDY_TARGET:.0f}× less): "
+                   f"{verdict(r >= CADDY_TARGET)}")
+    else:
+        out.append(na("obsgate CPU/req vs Caddy's"))
+    op = res.get("obsgate", {}).get("fixed", {}).get("p99", float("nan"))
+    np_ = res.get("nginx", {}).get("fixed", {}).get("p99", float("nan"))
+    if finite(op, np_):
+        out.append(f"- {w}: p99 at ≈{RATES[w]} req/s: obsgate {op:.3f} ms, nginx {np_:.3f} ms (target ≤ nginx's): "
+                   f"{verdict(round(op, 3) <= round(np_, 3))}")
+    else:
+        out.append(na("p99 at the fixed rate vs nginx's"))
+    return out
+
+
+def workload_lines(w, res):
+    if w == "query":
+        head = [f"### Query: `GET {PATH}`",
+                "",
+                f"Upstream: nginx `return 200`. Fixed rate ≈ {RATE} req/s (`RATE`): each connection waits",
+                f"{max(1, int(CONNECTIONS * 1000 / RATE))} ms before each request, so the rate reached is a little lower.",
+                ""]
+    else:
+        head = [f"### Push: `POST {PUSH_PATH}`, {PUSH_BYTES // 1024} KiB body",
+                "",
+                "Upstream: `push_sink` (examples/push_sink.rs, hyper, current-thread runtime): it reads the whole body,",
+                "then answers 200, as a Mimir distributor does. Headers `Content-Type: application/x-protobuf`,",
+                "`Content-Encoding: snappy` (the body is not snappy: nobody decodes it). Every contestant streams the",
+                "body: nginx `proxy_request_buffering off`, haproxy without `option http-buffer-request`, Caddy and the",
+                "floor by default; obsgate routes it to the mimir backend's `distributor` (scope `metrics:write`).",
+                f"Every status other than 200 counts as failed. Fixed rate ≈ {PUSH_RATE} req/s (`PUSH_RATE`): each",
+                f"connection waits a random 0–{2 * max(1, int(CONNECTIONS * 1000 / PUSH_RATE))} ms before each push, so the rate reached is a little",
+                "lower (the response time adds to the wait).",
+                ""]
+    lines = head + [
+        "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | user | sys | failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res.items():
+        for mode in ("saturation", "fixed"):
+            x = r[mode]
+            us = lambda k: "—" if x[k] != x[k] else f"{x[k]:.1f}"
+            label = mode if mode == "saturation" else f"fixed ≈{RATES[w]}/s"
+            lines.append(f"| {name} | {label} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
+                         f"{us('cpu_us_per_req')} | {us('user_us_per_req')} | {us('sys_us_per_req')} | {x['errors']} |")
+    notes = []
+    if w == "push" and NGINX_BUFFERED[0] is not None:
+        notes.append("nginx spooled no request body to a temporary file (no such line in its error log)."
+                     if NGINX_BUFFERED[0] == 0 else
+                     f"**nginx tried to spool {NGINX_BUFFERED[0]} request bodies to a temporary file** (its error log).")
+    for name, r in res.items():
+        st = r["saturation"].get("statuses", {}), r["fixed"].get("statuses", {})
+        codes = {k: st[0].get(k, 0) + st[1].get(k, 0) for k in set(st[0]) | set(st[1])}
+        if codes:
+            notes.append(f"{name}: statuses other than 200: " + ", ".join(f"{k} ×{v}" for k, v in sorted(codes.items())) + ".")
+        sock = {}
+        for m in ("saturation", "fixed"):
+            for k, v in r[m].get("socket", {}).items():
+                sock[k] = sock.get(k, 0) + v
+        if any(sock.values()):
+            notes.append(f"{name}: wrk socket errors: " + ", ".join(f"{k} {v}" for k, v in sock.items() if v) + ".")
+        if r["saturation"]["rps"] < RATES[w]:
+            notes.append(f"{name} cannot sustain the fixed rate: {r['saturation']['rps']:.0f} req/s at saturation, "
+                         f"below ≈{RATES[w]}.")
+    if notes:
+        lines += [""] + notes
+    return lines
+
+
 def report(results, replicas=None):
     lines = []
     if results:
-        cpu = lambda n: results.get(n, {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
-        ng, og, fg, cg = cpu("nginx"), cpu("obsgate"), cpu("floor"), cpu("caddy")
         lines += [
-            f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run, medians of {REPEAT} interleaved rounds;",
-            "wrk on core 0, proxy and upstream on core 1;",
-            f"fixed rate ≈ {RATE} req/s. obsgate runs every check (glc token, realm, scope, subnet, LBAC header mode).",
-            "",
-            "| target | mode | req/s | p50 ms | p99 ms | proxy CPU µs/req | user | sys | failed |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"Load benchmark: {CONNECTIONS} connections, {DURATION} s per run, medians of {REPEAT} interleaved rounds",
+            f"(workloads: {', '.join(results)}); wrk on core 0, proxy and upstream on core 1. obsgate runs every check",
+            "(glc token, realm, scope, subnet, LBAC header mode) with a policy reload every second. The floor is",
+            "examples/floor_proxy.rs: a bare hyper proxy with obsgate's hyper, hyper-util, runtime and allocator",
+            "(mimalloc), no checks; it keeps hyper-util's pooled legacy client, where obsgate has its own HTTP/1 pool.",
+            "Proxy CPU µs/req = the proxy's user+sys time from /proc ÷ requests; failed = non-200 responses (push)",
+            "or statuses > 399 (query), plus wrk socket errors.",
         ]
-        for name, r in results.items():
-            for mode in ("saturation", "fixed"):
-                x = r[mode]
-                us = lambda k: "—" if x[k] != x[k] else f"{x[k]:.1f}"
-                lines.append(f"| {name} | {mode} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
-                             f"{us('cpu_us_per_req')} | {us('user_us_per_req')} | {us('sys_us_per_req')} | {x['errors']} |")
-        lines += ["", f"obsgate CPU per request = {og / ng:.2f}× nginx's (target ≤ 1.0×), "
-                      f"{og / fg:.2f}× the bare hyper proxy's (target ≤ 1.05×), "
-                      f"{cg / og:.2f}× less than Caddy's (target ≥ 4×).",
-                  f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
+        for w, res in results.items():
+            lines += [""] + workload_lines(w, res)
+        lines += ["", "Targets (CPU per request at saturation; p99 at the fixed rate):", ""]
+        for w, res in results.items():
+            lines += target_lines(w, res)
+        if "obsgate" in ONLY:
+            lines += ["", f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
     if replicas is not None:
         lines += ([""] if lines else []) + replicas_lines(replicas)
     md = "\n".join(lines) + "\n"
     with open(os.path.join(OUT, "load.md"), "w") as f:
         f.write(md)
     print(md)
-    # a bar chart of CPU per request and req/s at saturation (side-by-side targets only)
-    names = [n for n in results if n != "direct"]
-    if not names:
-        return
-    cpus = [results[n]["saturation"]["cpu_us_per_req"] for n in names]
-    rps = [results[n]["saturation"]["rps"] for n in results]
-    w, h, bar = 640, 300, 60
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-           '<text x="10" y="18" font-size="14">Proxy CPU per request (µs), saturation</text>']
-    top = max(cpus) or 1
-    for i, (n, c) in enumerate(zip(names, cpus)):
-        bh = 200 * c / top
-        x = 40 + i * (bar + 40)
-        svg.append(f'<rect x="{x}" y="{260 - bh:.0f}" width="{bar}" height="{bh:.0f}" fill="#4a7bd0"/>')
-        svg.append(f'<text x="{x}" y="{255 - bh:.0f}">{c:.1f}</text><text x="{x}" y="278">{n}</text>')
-    svg.append('<text x="360" y="18" font-size="14">req/s, saturation</text>')
-    topr = max(rps) or 1
-    for i, (n, r) in enumerate(zip(results, rps)):
-        bh = 200 * r / topr
-        x = 360 + i * 68
-        svg.append(f'<rect x="{x}" y="{260 - bh:.0f}" width="48" height="{bh:.0f}" fill="#d08a4a"/>')
-        svg.append(f'<text x="{x}" y="{255 - bh:.0f}" font-size="10">{r:.0f}</text><text x="{x}" y="278" font-size="10">{n}</text>')
+    if results:
+        chart(results)
+
+
+def chart(results):
+    """load.svg: per workload, the proxies' CPU per request at saturation (user and sys stacked),
+    and every target's req/s at saturation; one panel per workload and measure, each to its own scale."""
+    bar, gap, left, ph = 56, 18, 50, 230  # bar width, gap, panel margin, bar area height
+    ws = list(results)
+    most = max(len(r) for r in results.values())
+    pw = max(400, left + most * (bar + gap) + 20)  # panel width (the titles need 400)
+    W, H = max(560, pw * len(ws) + 20), 2 * (ph + 100) + 60
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="10" y="20" font-size="15">obsgate load benchmark: {CONNECTIONS} connections, {DURATION} s per run, medians of {REPEAT} round{"s" if REPEAT > 1 else ""}</text>',
+           '<text x="10" y="42">CPU:</text>',
+           '<rect x="48" y="31" width="12" height="12" fill="#2f5fb3"/><text x="64" y="42">user</text>',
+           '<rect x="104" y="31" width="12" height="12" fill="#9cb8e8"/><text x="120" y="42">sys</text>',
+           '<text x="160" y="42">(obsgate darker; "direct" = no proxy, so no proxy CPU)</text>']
+    for row, measure_ in enumerate(("cpu", "rps")):
+        y0 = 60 + row * (ph + 100)  # panel top
+        base = y0 + 42 + ph  # bar baseline
+        for col, w in enumerate(ws):
+            res = results[w]
+            x0 = 10 + col * pw
+            names = [n for n in res if measure_ == "rps" or n != "direct"]
+            title = (f"{w}: proxy CPU µs per request, saturation" if measure_ == "cpu"
+                     else f"{w}: requests/s, saturation")
+            svg.append(f'<text x="{x0}" y="{y0 + 14}" font-size="14" font-weight="bold">{title}</text>')
+            svg.append(f'<line x1="{x0 + left - 10}" y1="{base}" x2="{x0 + pw - 20}" y2="{base}" stroke="#444"/>')
+            vals = []
+            for n in names:
+                x = res[n]["saturation"]
+                if measure_ == "cpu":
+                    u, s = x["user_us_per_req"], x["sys_us_per_req"]
+                    vals.append((n, u if u == u else 0, s if s == s else 0))
+                else:
+                    vals.append((n, x["rps"], 0))
+            top = max((a + b for _, a, b in vals), default=0) or 1
+            for i, (n, a, b) in enumerate(vals):
+                x = x0 + left + i * (bar + gap)
+                ha_, hb = ph * a / top, ph * b / top
+                color = "#2f5fb3" if measure_ == "cpu" else ("#b35a1f" if n == "obsgate" else "#e0a46e")
+                if measure_ == "cpu" and n == "obsgate":
+                    color = "#173f85"
+                svg.append(f'<rect x="{x}" y="{base - ha_:.1f}" width="{bar}" height="{ha_:.1f}" fill="{color}"/>')
+                if measure_ == "cpu":
+                    svg.append(f'<rect x="{x}" y="{base - ha_ - hb:.1f}" width="{bar}" height="{hb:.1f}" fill="#9cb8e8"/>')
+                label = f"{a + b:.1f}" if measure_ == "cpu" else f"{a:.0f}"
+                weight = ' font-weight="bold"' if n == "obsgate" else ""
+                svg.append(f'<text x="{x + bar / 2}" y="{base - ha_ - hb - 5:.1f}" text-anchor="middle"{weight}>{label}</text>')
+                svg.append(f'<text x="{x + bar / 2}" y="{base + 16}" text-anchor="middle"{weight}>{n}</text>')
     svg.append("</svg>")
     with open(os.path.join(OUT, "load.svg"), "w") as f:
         f.write("\n".join(svg) + "\n")
