@@ -2,6 +2,7 @@
 //! path) and a bounded cache of resolved tokens that never outlives the snapshot it came from.
 
 pub mod layered;
+mod json;
 pub mod load;
 pub mod watch;
 
