@@ -1,8 +1,8 @@
 //! The policy store: an immutable [`Snapshot`] swapped atomically (no lock on the request
 //! path) and a bounded cache of resolved tokens that never outlives the snapshot it came from.
 
-pub mod layered;
 mod json;
+pub mod layered;
 pub mod load;
 pub mod watch;
 
