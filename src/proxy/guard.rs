@@ -35,6 +35,8 @@ pub struct ConnState {
     idle_since_ms: AtomicU64,
     /// An upgraded connection (WebSocket) is no longer HTTP: no timeouts apply.
     upgraded: AtomicBool,
+    /// The service answered 431 itself (and counted it): the write below is not hyper's own.
+    own_431: AtomicBool,
 }
 
 impl ConnState {
@@ -45,6 +47,7 @@ impl ConnState {
             started: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
+            own_431: AtomicBool::new(false),
         })
     }
 
@@ -57,6 +60,11 @@ impl ConnState {
 
     pub fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Release);
+    }
+
+    /// The service's own 431 (already counted) is about to be written.
+    pub fn mark_own_431(&self) {
+        self.own_431.store(true, Ordering::Release);
     }
 
     fn end_request(&self) {
@@ -123,11 +131,7 @@ enum Proto {
 pub struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
-    /// `limits.max_header_bytes`: the most an HTTP/1 request head may take.
-    pub max_head_bytes: usize,
 }
-
-const RESPONSE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 109\r\n\r\n{\"status\":\"error\",\"errorType\":\"too_large\",\"error\":\"the request head is larger than limits.max_header_bytes\"}\n";
 
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 91\r\n\r\n{\"status\":\"error\",\"errorType\":\"timeout\",\"error\":\"the request head did not arrive in time\"}\n";
 
@@ -140,12 +144,6 @@ pub struct Guarded<S> {
     proto: Proto,
     /// An HTTP/1 head being read: since when, and `started` at that moment.
     head: Option<(Instant, u64)>,
-    /// Bytes read for the HTTP/1 head now being read, and `started` when counting began.
-    /// The head's size limit is ours rather than hyper's (whose `max_buf_size` also caps every
-    /// read, and so made a 256 KiB body arrive in 64 KiB reads): while no request is in
-    /// flight, reads are cut to what is left of `max_head_bytes`, and a head that needs more
-    /// is answered 431.
-    head_bytes: (usize, u64),
     /// Fires every `period`: the deadlines are checked then, so that no timer is touched per
     /// request (a deadline is noticed at most one period late).
     timer: Pin<Box<Sleep>>,
@@ -169,7 +167,6 @@ impl<S> Guarded<S> {
             proto: Proto::Unknown,
             // the first request's head is timed from the connection's start
             head: Some((now, 0)),
-            head_bytes: (0, 0),
             timer: Box::pin(tokio::time::sleep_until(now + period)),
             period,
         }
@@ -189,41 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
-        let head_phase =
-            this.proto != Proto::Http2 && this.state.in_flight.load(Ordering::Acquire) == 0;
-        let read = if head_phase && !this.state.upgraded.load(Ordering::Acquire) {
-            let started = this.state.started.load(Ordering::Acquire);
-            if this.head_bytes.1 != started {
-                this.head_bytes = (0, started);
-            }
-            // one byte over the limit is enough to know the head is too large
-            let allowed = (this.timeouts.max_head_bytes + 1).saturating_sub(this.head_bytes.0);
-            if allowed == 0 {
-                this.counters.header_too_large.inc();
-                // best effort: the 431 fits in the socket buffer
-                let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_431);
-                let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "request head larger than limits.max_header_bytes",
-                )));
-            }
-            let mut part = buf.take(allowed);
-            let start = part.filled().as_ptr();
-            let r = Pin::new(&mut this.inner).poll_read(cx, &mut part);
-            debug_assert_eq!(start, part.filled().as_ptr());
-            let n = part.filled().len();
-            if r.is_ready() && n > 0 {
-                // SAFETY: `part` wrote (and so initialised) these `n` bytes of `buf`'s
-                // unfilled part.
-                unsafe { buf.assume_init(n) };
-                buf.advance(n);
-                this.head_bytes.0 += n;
-            }
-            r
-        } else {
-            Pin::new(&mut this.inner).poll_read(cx, buf)
-        };
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         match read {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
@@ -314,6 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         if this.proto != Proto::Http2
             && buf.starts_with(b"HTTP/1.1 431")
             && this.state.in_flight.load(Ordering::Acquire) == 0
+            && !this.state.own_431.swap(false, Ordering::AcqRel)
         {
             this.counters.header_too_large.inc();
         }
@@ -329,6 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         if this.proto != Proto::Http2
             && bufs.first().is_some_and(|b| b.starts_with(b"HTTP/1.1 431"))
             && this.state.in_flight.load(Ordering::Acquire) == 0
+            && !this.state.own_431.swap(false, Ordering::AcqRel)
         {
             this.counters.header_too_large.inc();
         }
@@ -368,10 +333,5 @@ mod tests {
     #[test]
     fn the_408_is_well_formed() {
         super::assert_static_response(super::RESPONSE_408);
-    }
-
-    #[test]
-    fn the_431_is_well_formed() {
-        super::assert_static_response(super::RESPONSE_431);
     }
 }

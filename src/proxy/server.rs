@@ -107,6 +107,20 @@ pub async fn dispatch(
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
+    // HTTP/1 heads over the limit (HTTP/2 header lists are limited by the h2 settings)
+    if req.version() <= http::Version::HTTP_11
+        && head_size(&req) as u64 > svc.gateway.config.limits.max_header_bytes
+    {
+        svc.metrics.limits.header_too_large.inc();
+        let mut r = error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_large",
+            "the request head is larger than limits.max_header_bytes",
+        );
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     if let Some(r) = own_endpoint(&svc, &req) {
         return r;
     }
@@ -297,8 +311,27 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     })
 }
 
-/// hyper's default HTTP/1 read buffer limit (8 KiB + 100 × 4 KiB).
-const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+/// hyper's HTTP/1 buffer limit (reads, and queued writes) per connection, unless
+/// `limits.max_header_bytes` needs more.
+const MAX_READ_BUF: usize = 256 << 10;
+
+/// The size of an HTTP/1 request head as sent: request line, `name: value` lines, blank line
+/// (whitespace around values as hyper keeps it). `limits.max_header_bytes` is checked against
+/// it for every request, pipelined or not.
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| {
+            a.as_str().len() + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        });
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + fields + 2
+}
 
 async fn accept_loop(
     listener: TcpListener,
@@ -314,7 +347,6 @@ async fn accept_loop(
     let timeouts = guard::Timeouts {
         header_read: limits.header_read_timeout,
         idle: limits.idle_timeout,
-        max_head_bytes: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -322,13 +354,13 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         // the header-read timeout is ours (guard.rs), which answers 408 before closing
         .header_read_timeout(None)
-        // so is the head's size limit (guard.rs answers 431): hyper's buffer limit also caps
-        // each read, and bodies stream in reads as large as hyper's default allows
+        // so is the head's size limit (`head_too_large`, 431): hyper's buffer limit also
+        // caps every read, and a 64 KiB cap made a 256 KiB push take six reads and six writes
         .max_buf_size(
             usize::try_from(limits.max_header_bytes)
                 .unwrap_or(usize::MAX)
                 .saturating_add(1)
-                .max(HYPER_DEFAULT_MAX_BUF),
+                .max(MAX_READ_BUF),
         )
         .keep_alive(true);
     builder
@@ -380,6 +412,8 @@ async fn accept_loop(
                 let resp = dispatch(services, only, conn, req).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     state.mark_upgraded();
+                } else if resp.status() == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                    state.mark_own_431();
                 }
                 let (parts, body) = resp.into_parts();
                 Ok::<_, std::convert::Infallible>(http::Response::from_parts(
@@ -476,6 +510,18 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn head_size_is_the_head_as_sent() {
+        let raw = "GET /api/v1/query?query=up HTTP/1.1\r\nhost: x\r\nx-a: 12345\r\n\r\n";
+        let req = http::Request::builder()
+            .uri("/api/v1/query?query=up")
+            .header("host", "x")
+            .header("x-a", "12345")
+            .body(())
+            .unwrap();
+        assert_eq!(super::head_size(&req), raw.len());
+    }
+
     #[test]
     fn the_503_is_well_formed() {
         super::super::guard::assert_static_response(super::RESPONSE_503);

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -91,6 +92,8 @@ fn connector(s: &ClientSettings, r: EndpointResolver) -> HttpConnector<EndpointR
 /// How long an idle upstream connection is kept, and how many per endpoint.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE: usize = 256;
+/// How long a pooled connection that is not ready yet is waited for before it is dropped.
+const READY_WAIT: Duration = Duration::from_millis(100);
 
 impl Clients {
     /// `origin`: `scheme://authority` of the endpoint (what its connections are opened to).
@@ -189,8 +192,8 @@ impl std::error::Error for ClientError {
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// One endpoint's HTTP/1.1 connections: idle ones are reused newest first; a connection goes
-/// back to the pool when its response body has been read to the end (see [`UpBody`]), so a
-/// request never waits behind another one's response.
+/// back to the pool when its response body has been read to the end and its request body was
+/// sent whole (see [`UpBody`]), so a request never waits behind another one's exchange.
 ///
 /// It replaces hyper-util's pooled client for HTTP/1, whose checkout (a hash map keyed by
 /// scheme and authority, a connect future raced against the checkout, a task spawned per
@@ -225,6 +228,19 @@ impl H1Pool {
         {
             req.headers_mut().insert(http::header::HOST, h.clone());
         }
+        // the connection may go back to the pool only once the request body was sent whole
+        // too: an upstream that answers early (413, 429) still reads the rest of it
+        let (req, sent) = if http_body::Body::is_end_stream(req.body()) {
+            (req, None)
+        } else {
+            let flag = Arc::new(AtomicBool::new(false));
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::BodyExt::boxed_unsync(SentBody {
+                inner: body,
+                done: flag.clone(),
+            });
+            (Request::from_parts(parts, body), Some(flag))
+        };
         let mut tx = match self.checkout().await {
             Some(tx) => tx,
             None => self.connect().await?,
@@ -249,8 +265,11 @@ impl H1Pool {
             },
         };
         // an upgraded connection is the client's now
-        let back =
-            (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| (tx, self.clone()));
+        let back = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| Back {
+            tx,
+            pool: self.clone(),
+            sent,
+        });
         Ok(resp.map(|inner| UpBody { inner, back }))
     }
 
@@ -261,7 +280,14 @@ impl H1Pool {
             if tx.is_closed() || since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            if tx.is_ready() || tx.ready().await.is_ok() {
+            // a pooled connection has finished both its request and its response: it is ready
+            // at once or about to be (its connection task has one step left); never wait long
+            if tx.is_ready()
+                || matches!(
+                    tokio::time::timeout(READY_WAIT, tx.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
                 return Some(tx);
             }
         }
@@ -318,7 +344,49 @@ impl H1Pool {
 /// its HTTP/1 connection back to the pool; dropped earlier, the connection is closed.
 pub struct UpBody {
     inner: Incoming,
-    back: Option<(Sender, Arc<H1Pool>)>,
+    back: Option<Back>,
+}
+
+/// What a finished response gives back: its connection, if the request body was sent whole.
+struct Back {
+    tx: Sender,
+    pool: Arc<H1Pool>,
+    /// `None`: the request had no body to send.
+    sent: Option<Arc<AtomicBool>>,
+}
+
+/// A request body that says when it was sent to its end.
+struct SentBody {
+    inner: Body,
+    done: Arc<AtomicBool>,
+}
+
+impl http_body::Body for SentBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.done.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.done.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl UpBody {
@@ -328,9 +396,12 @@ impl UpBody {
     }
 
     fn give_back(&mut self) {
-        if let Some((tx, pool)) = self.back.take() {
-            pool.release(tx);
+        if let Some(b) = self.back.take()
+            && b.sent.is_none_or(|f| f.load(Ordering::Acquire))
+        {
+            b.pool.release(b.tx);
         }
+        // otherwise the sender is dropped: the connection closes once its request is done
     }
 }
 
