@@ -98,28 +98,22 @@ pub async fn dispatch(
     req: Request<Incoming>,
 ) -> Response<Body> {
     if super::headers::framing_is_ambiguous(req.version(), req.headers()) {
-        let mut r = error_response(
+        return closing(error_response(
             StatusCode::BAD_REQUEST,
             "bad_data",
             "ambiguous request framing: Transfer-Encoding must be one \"chunked\", without Content-Length",
-        );
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        ));
     }
     // HTTP/1 heads over the limit (HTTP/2 header lists are limited by the h2 settings)
     if req.version() <= http::Version::HTTP_11
         && head_size(&req) as u64 > svc.gateway.config.limits.max_header_bytes
     {
         svc.metrics.limits.header_too_large.inc();
-        let mut r = error_response(
+        return closing(error_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_large",
             "the request head is larger than limits.max_header_bytes",
-        );
-        r.headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        ));
     }
     if let Some(r) = own_endpoint(&svc, &req) {
         return r;
@@ -134,6 +128,14 @@ pub async fn dispatch(
         req
     };
     super::handle(svc.gateway.clone(), only, conn, req).await
+}
+
+/// An error after which the connection is closed (the request's framing or head is not to
+/// be trusted for a next request).
+fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// `/live`, `/ready`, `/metrics`, without credentials, on every listener.
