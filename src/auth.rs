@@ -117,6 +117,29 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     current
 }
 
+/// The client behind a forward-auth question: as [`client_ip`]; when the trusted peer sent no
+/// `X-Forwarded-For`, the address in its `X-Real-IP` (nginx's and Traefik's header for the
+/// client's address). An `X-Real-IP` given twice or unparsable is not believed: the peer.
+pub fn forward_auth_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let canon = canonical(peer);
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&canon)) {
+        return canon;
+    }
+    if headers.contains_key("x-forwarded-for") {
+        return client_ip(peer, headers, trusted);
+    }
+    let mut real = headers.get_all("x-real-ip").iter();
+    match (real.next(), real.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(parse_xff_entry)
+            .map(canonical)
+            .unwrap_or(canon),
+        _ => canon,
+    }
+}
+
 fn parse_xff_entry(e: &str) -> Option<IpAddr> {
     let e = e.trim();
     if let Ok(ip) = e.parse() {
@@ -269,6 +292,51 @@ mod tests {
         assert_eq!(
             client_ip(peer, &xff(&["[2001:db8::1]:443"]), &trusted),
             "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forward_auth_client_ip_reads_x_real_ip_when_no_xff() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let peer = ip("10.0.0.5");
+        let real = |vals: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in vals {
+                m.append("x-real-ip", HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        assert_eq!(
+            forward_auth_client_ip(peer, &real(&["1.2.3.4"]), &trusted),
+            ip("1.2.3.4")
+        );
+        // X-Forwarded-For wins: it is the list the proxy appended to
+        let mut m = real(&["6.6.6.6"]);
+        m.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(forward_auth_client_ip(peer, &m, &trusted), ip("1.2.3.4"));
+        // an untrusted peer is the client, whatever it says
+        assert_eq!(
+            forward_auth_client_ip(ip("8.8.8.8"), &real(&["1.2.3.4"]), &trusted),
+            ip("8.8.8.8")
+        );
+        assert_eq!(
+            forward_auth_client_ip(peer, &real(&["1.2.3.4"]), &[]),
+            peer,
+            "no trusted proxies: the peer"
+        );
+        // twice, or garbage: not believed
+        assert_eq!(
+            forward_auth_client_ip(peer, &real(&["1.2.3.4", "5.6.7.8"]), &trusted),
+            peer
+        );
+        assert_eq!(
+            forward_auth_client_ip(peer, &real(&["nope"]), &trusted),
+            peer
+        );
+        assert_eq!(
+            forward_auth_client_ip(peer, &HeaderMap::new(), &trusted),
+            peer
         );
     }
 

@@ -143,6 +143,9 @@ fn check(path: PathBuf) -> ExitCode {
                 println!("{}", b.describe_topology());
             }
             println!("{}", cfg.store.admin.describe());
+            if let Some(fa) = &cfg.forward_auth {
+                println!("{}", fa.describe(cfg.lbac));
+            }
             ExitCode::SUCCESS
         }
         Err(errs) => {

@@ -14,19 +14,39 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0,
 ];
 
+/// How the gateway handled a request: as the proxy (the proxy listeners, the admin API
+/// included) or as the authorizer of another proxy (the forward-auth listener). The `mode`
+/// label of the request and decision metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Proxy = 0,
+    ForwardAuth = 1,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Proxy, Mode::ForwardAuth];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Proxy => "proxy",
+            Mode::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
 /// Per-request handles, resolved once: `with_label_values` hashes its label strings with SipHash
 /// and takes a lock on every call, which the request path should not pay.
 pub struct Handles {
-    /// `obsgate_auth_decisions_total{result="allow",reason="ok"}`
-    pub allowed: IntCounter,
-    /// `obsgate_request_duration_seconds` by backend label (see [`Handles::backend_index`]) and
-    /// component (index of [`Component::ALL`], last = "none"), created on first use.
-    request_duration: [[OnceLock<Histogram>; COMPONENT_LABELS]; 5],
+    /// `obsgate_auth_decisions_total{mode,result="allow",reason="ok"}` by [`Mode`].
+    allowed: [IntCounter; 2],
+    /// `obsgate_request_duration_seconds` by mode, backend label (see
+    /// [`Handles::backend_index`]) and component (index of [`Component::ALL`], last = "none"),
+    /// created on first use.
+    request_duration: [[[OnceLock<Histogram>; COMPONENT_LABELS]; 5]; 2],
     request_duration_vec: HistogramVec,
     /// `obsgate_upstream_duration_seconds` by backend label.
     upstream_duration: [Histogram; 4],
-    /// `obsgate_requests_total` by (backend, route, code): route names are `&'static str`s of
-    /// the route tables, so the key is their address.
+    /// `obsgate_requests_total` by (route, mode and backend, code): route names are
+    /// `&'static str`s of the route tables, so the key is their address.
     requests: RwLock<RequestCounters>,
 }
 
@@ -38,7 +58,10 @@ const COMPONENT_LABELS: usize = Component::ALL.len() + 1;
 impl Handles {
     fn new(m: &Metrics) -> Handles {
         Handles {
-            allowed: m.auth_decisions.with_label_values(&["allow", "ok"]),
+            allowed: Mode::ALL.map(|mode| {
+                m.auth_decisions
+                    .with_label_values(&[mode.as_str(), "allow", "ok"])
+            }),
             request_duration: Default::default(),
             request_duration_vec: m.request_duration.clone(),
             upstream_duration: [0, 1, 2, 3]
@@ -54,13 +77,24 @@ impl Handles {
             .unwrap_or(BACKEND_LABELS.len() - 1)
     }
 
-    /// The histogram of a backend label and component (`None`: requests no component served:
-    /// refused, unmatched, admin).
-    pub fn request_duration(&self, backend: &str, component: Option<Component>) -> &Histogram {
+    /// `obsgate_auth_decisions_total{mode,result="allow",reason="ok"}`
+    pub fn allowed(&self, mode: Mode) -> &IntCounter {
+        &self.allowed[mode as usize]
+    }
+
+    /// The histogram of a mode, backend label and component (`None`: requests no component
+    /// served: refused, unmatched, admin).
+    pub fn request_duration(
+        &self,
+        mode: Mode,
+        backend: &str,
+        component: Option<Component>,
+    ) -> &Histogram {
         let b = Self::backend_index(backend);
         let c = component.map_or(COMPONENT_LABELS - 1, Component::index);
-        self.request_duration[b][c].get_or_init(|| {
+        self.request_duration[mode as usize][b][c].get_or_init(|| {
             self.request_duration_vec.with_label_values(&[
+                mode.as_str(),
                 BACKEND_LABELS[b],
                 component.map_or("none", Component::as_str),
             ])
@@ -170,24 +204,24 @@ impl Metrics {
             requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "obsgate_requests_total",
-                    "Requests handled, by backend, route and status code."
+                    "Requests handled, by mode (proxy, forward_auth), backend, route and status code."
                 ),
-                &["backend", "route", "code"]
+                &["mode", "backend", "route", "code"]
             )),
             request_duration: reg!(HistogramVec::new(
                 HistogramOpts::new(
                     "obsgate_request_duration_seconds",
-                    "Time from request to response headers, by backend and the component of the route (none: no route matched)."
+                    "Time from request to response headers, by mode (proxy, forward_auth), backend and the component of the route (none: no route matched)."
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend", "component"]
+                &["mode", "backend", "component"]
             )),
             auth_decisions: reg!(IntCounterVec::new(
                 Opts::new(
                     "obsgate_auth_decisions_total",
-                    "Authentication and authorization decisions."
+                    "Authentication and authorization decisions, by mode (proxy, forward_auth), result and reason."
                 ),
-                &["result", "reason"]
+                &["mode", "result", "reason"]
             )),
             cache_hits: reg!(IntCounter::new(
                 "obsgate_token_cache_hits_total",
@@ -345,12 +379,19 @@ impl Metrics {
         self.handles.get_or_init(|| Handles::new(self))
     }
 
-    /// `obsgate_requests_total{backend,route,code}` +1. `route` is a route-table name.
-    pub fn count_request(&self, backend: &'static str, route: &'static str, code: u16) {
+    /// `obsgate_auth_decisions_total{mode,result="deny",reason}` +1.
+    pub fn denied(&self, mode: Mode, reason: &str) {
+        self.auth_decisions
+            .with_label_values(&[mode.as_str(), "deny", reason])
+            .inc();
+    }
+
+    /// `obsgate_requests_total{mode,backend,route,code}` +1. `route` is a route-table name.
+    pub fn count_request(&self, mode: Mode, backend: &'static str, route: &'static str, code: u16) {
         let h = self.handles();
         let key = (
             route.as_ptr() as usize,
-            Handles::backend_index(backend) as u8,
+            (Handles::backend_index(backend) as u8) | ((mode as u8) << 4),
             code,
         );
         if let Some(c) = h
@@ -363,6 +404,7 @@ impl Metrics {
             return;
         }
         let c = self.requests.with_label_values(&[
+            mode.as_str(),
             backend,
             route,
             http::StatusCode::from_u16(code)
@@ -441,26 +483,35 @@ mod tests {
         let m = Metrics::new();
         static PUSH: &str = "/api/v1/push";
         static QUERY: &str = "/prometheus/api/v1/query";
-        m.count_request("metrics", PUSH, 204);
-        m.count_request("metrics", PUSH, 204); // from the cache
-        m.count_request("metrics", PUSH, 403);
-        m.count_request("logs", QUERY, 204);
-        m.count_request("none", "unmatched", 404);
+        let p = Mode::Proxy;
+        m.count_request(p, "metrics", PUSH, 204);
+        m.count_request(p, "metrics", PUSH, 204); // from the cache
+        m.count_request(p, "metrics", PUSH, 403);
+        m.count_request(p, "logs", QUERY, 204);
+        m.count_request(p, "none", "unmatched", 404);
+        m.count_request(Mode::ForwardAuth, "metrics", PUSH, 204);
         let v = |l: &str| value(&m, "obsgate_requests_total", l);
         assert_eq!(
-            v(r#"backend="metrics",code="204",route="/api/v1/push""#).as_deref(),
+            v(r#"backend="metrics",code="204",mode="proxy",route="/api/v1/push""#).as_deref(),
             Some("2")
         );
         assert_eq!(
-            v(r#"backend="metrics",code="403",route="/api/v1/push""#).as_deref(),
+            v(r#"backend="metrics",code="204",mode="forward_auth",route="/api/v1/push""#)
+                .as_deref(),
+            Some("1"),
+            "the mode is part of the cached key"
+        );
+        assert_eq!(
+            v(r#"backend="metrics",code="403",mode="proxy",route="/api/v1/push""#).as_deref(),
             Some("1")
         );
         assert_eq!(
-            v(r#"backend="logs",code="204",route="/prometheus/api/v1/query""#).as_deref(),
+            v(r#"backend="logs",code="204",mode="proxy",route="/prometheus/api/v1/query""#)
+                .as_deref(),
             Some("1")
         );
         assert_eq!(
-            v(r#"backend="none",code="404",route="unmatched""#).as_deref(),
+            v(r#"backend="none",code="404",mode="proxy",route="unmatched""#).as_deref(),
             Some("1")
         );
         {
@@ -469,25 +520,38 @@ mod tests {
             assert_eq!(m.inflight.get(), 2);
         }
         assert_eq!(m.inflight.get(), 0, "dropped requests are uncounted");
-        m.handles().allowed.inc();
+        m.handles().allowed(Mode::ForwardAuth).inc();
         assert_eq!(
             value(
                 &m,
                 "obsgate_auth_decisions_total",
-                r#"reason="ok",result="allow""#
+                r#"mode="forward_auth",reason="ok",result="allow""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        m.denied(Mode::Proxy, "invalid_token");
+        assert_eq!(
+            value(
+                &m,
+                "obsgate_auth_decisions_total",
+                r#"mode="proxy",reason="invalid_token",result="deny""#
             )
             .as_deref(),
             Some("1")
         );
         m.handles()
-            .request_duration("traces", Some(Component::QueryFrontend))
+            .request_duration(p, "traces", Some(Component::QueryFrontend))
             .observe(0.001);
-        m.handles().request_duration("none", None).observe(0.001);
+        m.handles().request_duration(p, "none", None).observe(0.001);
+        m.handles()
+            .request_duration(Mode::ForwardAuth, "none", None)
+            .observe(0.001);
         assert_eq!(
             value(
                 &m,
                 "obsgate_request_duration_seconds_count",
-                r#"backend="traces",component="query_frontend""#
+                r#"backend="traces",component="query_frontend",mode="proxy""#
             )
             .as_deref(),
             Some("1")
@@ -496,7 +560,16 @@ mod tests {
             value(
                 &m,
                 "obsgate_request_duration_seconds_count",
-                r#"backend="none",component="none""#
+                r#"backend="none",component="none",mode="proxy""#
+            )
+            .as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(
+                &m,
+                "obsgate_request_duration_seconds_count",
+                r#"backend="none",component="none",mode="forward_auth""#
             )
             .as_deref(),
             Some("1")

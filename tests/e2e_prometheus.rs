@@ -289,9 +289,9 @@ async fn prometheus_agent_remote_writes_through_obsgate_and_queries_come_back() 
     let text = String::from_utf8_lossy(&m.body);
     assert!(
         text.lines().any(|l| l.starts_with(
-            r#"obsgate_requests_total{backend="metrics",code="204",route="/api/v1/push"}"#
+            r#"obsgate_requests_total{backend="metrics",code="204",mode="proxy",route="/api/v1/push"}"#
         ) || l.starts_with(
-            r#"obsgate_requests_total{backend="metrics",code="200",route="/api/v1/push"}"#
+            r#"obsgate_requests_total{backend="metrics",code="200",mode="proxy",route="/api/v1/push"}"#
         )),
         "{text}"
     );

@@ -731,11 +731,11 @@ async fn own_endpoints_need_no_credentials_and_metrics_count_requests() {
     let m = send(&c, get(addr, "/metrics", None)).await;
     let text = String::from_utf8(m.body.to_vec()).unwrap();
     for want in [
-        r#"obsgate_requests_total{backend="metrics",code="200",route="/prometheus/api/v1/query"} 1"#,
-        r#"obsgate_requests_total{backend="metrics",code="403",route="/api/v1/push"} 1"#,
-        r#"obsgate_auth_decisions_total{reason="missing_scope",result="deny"} 1"#,
-        r#"obsgate_auth_decisions_total{reason="invalid_token",result="deny"} 1"#,
-        r#"obsgate_auth_decisions_total{reason="ok",result="allow"} 1"#,
+        r#"obsgate_requests_total{backend="metrics",code="200",mode="proxy",route="/prometheus/api/v1/query"} 1"#,
+        r#"obsgate_requests_total{backend="metrics",code="403",mode="proxy",route="/api/v1/push"} 1"#,
+        r#"obsgate_auth_decisions_total{mode="proxy",reason="missing_scope",result="deny"} 1"#,
+        r#"obsgate_auth_decisions_total{mode="proxy",reason="invalid_token",result="deny"} 1"#,
+        r#"obsgate_auth_decisions_total{mode="proxy",reason="ok",result="allow"} 1"#,
         r#"obsgate_store_reloads_total{result="success"} 1"#,
         r#"obsgate_store_objects{kind="tokens"} 9"#,
         "obsgate_request_duration_seconds_bucket",

@@ -19,6 +19,7 @@ pub use sync::Admin;
 use crate::auth;
 use crate::policy::{self, RealmTarget, Scope, Status, valid_name};
 use crate::store::{Snapshot, TokenOwner};
+use crate::telemetry::Mode;
 use crate::token::{self, TokenHash};
 use crate::wire::{Body, Conn, error_response, full};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -313,7 +314,7 @@ impl AdminService {
             _ => handle(self, conn, req).await,
         };
         self.metrics
-            .count_request("none", label, resp.status().as_u16());
+            .count_request(Mode::Proxy, "none", label, resp.status().as_u16());
         Ok(resp)
     }
 }
@@ -357,10 +358,7 @@ fn authenticate(
     if let Some(t) = &gw.throttle
         && let Err(secs) = t.check(ip)
     {
-        gw.metrics
-            .auth_decisions
-            .with_label_values(&["deny", "throttled"])
-            .inc();
+        gw.metrics.denied(Mode::Proxy, "throttled");
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,
             crate::wire::THROTTLED_MESSAGE.to_string(),

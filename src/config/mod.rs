@@ -39,6 +39,44 @@ pub struct Config {
     pub auth_throttle: AuthThrottleConfig,
     pub limits: Limits,
     pub log: LogConfig,
+    /// `forward_auth`: the listener that answers another proxy's authorization questions.
+    pub forward_auth: Option<ForwardAuthConfig>,
+}
+
+/// Most numbered `X-Prom-Label-Policy-<n>` copies `forward_auth.numbered_label_policies` may ask for.
+pub const MAX_NUMBERED_LABEL_POLICIES: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ForwardAuthConfig {
+    pub listen: SocketAddr,
+    /// Only this backend's route table (`None`: every configured backend, in the shared
+    /// listener's order).
+    pub backend: Option<BackendSlot>,
+    /// Also answer the label-policy values as `X-Prom-Label-Policy-1` … `-n`, for proxies that
+    /// copy one value per header name (nginx); more values than this are refused. 0: off.
+    pub numbered_label_policies: usize,
+}
+
+impl ForwardAuthConfig {
+    /// One line for `obsgate check`.
+    pub fn describe(&self, lbac: LbacMode) -> String {
+        let mut s = format!(
+            "forward_auth: listen {}, routes of {}",
+            self.listen,
+            self.backend
+                .map_or("every configured backend", |b| b.as_str())
+        );
+        if self.numbered_label_policies > 0 {
+            s += &format!(
+                ", X-Prom-Label-Policy-1..{} as well",
+                self.numbered_label_policies
+            );
+        }
+        if lbac == LbacMode::Rewrite {
+            s += " (lbac.mode is rewrite: reads restricted by label policies are refused here)";
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +298,16 @@ struct RawConfig {
     limits: Option<RawLimits>,
     #[serde(default)]
     log: Option<RawLog>,
+    #[serde(default)]
+    forward_auth: Option<Spanned<RawForwardAuth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwardAuth {
+    listen: Option<SocketAddr>,
+    backend: Option<Spanned<String>>,
+    numbered_label_policies: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -698,6 +746,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             "auth_throttle.max_clients must be at least 1 (set burst: 0 to turn throttling off)",
         ));
     }
+    let forward_auth = raw
+        .forward_auth
+        .and_then(|f| forward_auth(path, f, &backends, &mut listens, &mut errors));
     let admin = admin_store::build(path, raw_store.admin, &mut errors);
     let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
@@ -744,6 +795,82 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         auth_throttle,
         limits,
         log: LogConfig { level },
+        forward_auth,
+    })
+}
+
+/// `forward_auth`: its listener must be free, its backend configured.
+fn forward_auth(
+    path: &Path,
+    raw: Spanned<RawForwardAuth>,
+    backends: &Backends,
+    listens: &mut Vec<SocketAddr>,
+    errors: &mut Vec<FileError>,
+) -> Option<ForwardAuthConfig> {
+    let loc = raw.referenced;
+    let raw = raw.value;
+    let before = errors.len();
+    let Some(listen) = raw.listen else {
+        errors.push(FileError::at(
+            path,
+            &loc,
+            "forward_auth.listen is required (the address the forward-auth endpoint listens on)",
+        ));
+        return None;
+    };
+    if listen.port() != 0 && listens.contains(&listen) {
+        errors.push(FileError::at(
+            path,
+            &loc,
+            format!("forward_auth: listen address {listen} is already used by another listener"),
+        ));
+    }
+    listens.push(listen);
+    let backend = raw.backend.and_then(|b| {
+        let slot = BackendSlot::ALL.into_iter().find(|s| s.as_str() == b.value);
+        match slot {
+            None => {
+                errors.push(FileError::at(
+                    path,
+                    &b.referenced,
+                    format!(
+                        "forward_auth.backend {:?} is not a backend: use metrics, logs, traces or profiles",
+                        b.value
+                    ),
+                ));
+                None
+            }
+            Some(s) if backends.get(s).is_none() => {
+                errors.push(FileError::at(
+                    path,
+                    &b.referenced,
+                    format!(
+                        "forward_auth.backend {} is not configured under backends",
+                        b.value
+                    ),
+                ));
+                None
+            }
+            s => s,
+        }
+    });
+    let numbered = raw.numbered_label_policies.map_or(0, |n| {
+        if n.value > MAX_NUMBERED_LABEL_POLICIES {
+            errors.push(FileError::at(
+                path,
+                &n.referenced,
+                format!(
+                    "forward_auth.numbered_label_policies must be at most {MAX_NUMBERED_LABEL_POLICIES}, not {}",
+                    n.value
+                ),
+            ));
+        }
+        n.value
+    });
+    (errors.len() == before).then_some(ForwardAuthConfig {
+        listen,
+        backend,
+        numbered_label_policies: numbered,
     })
 }
 
@@ -906,6 +1033,55 @@ cache:
         assert_eq!(e.0[0].line, 2, "{e}");
         let e = p("auth_throttle:\n  rate: 1\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `rate`"), "{e}");
+    }
+
+    #[test]
+    fn forward_auth_section() {
+        assert!(p("").unwrap().forward_auth.is_none());
+        let c = p(
+            "backends:\n  logs: { kind: loki, url: \"http://l:3100\" }\nforward_auth:\n  listen: \"127.0.0.1:8090\"\n  backend: logs\n  numbered_label_policies: 4\n",
+        )
+        .unwrap();
+        let fa = c.forward_auth.as_ref().unwrap();
+        assert_eq!(fa.listen.port(), 8090);
+        assert_eq!(fa.backend, Some(BackendSlot::Logs));
+        assert_eq!(fa.numbered_label_policies, 4);
+        assert!(fa.describe(c.lbac).contains("routes of logs"));
+        let c = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n").unwrap();
+        let fa = c.forward_auth.unwrap();
+        assert_eq!((fa.backend, fa.numbered_label_policies), (None, 0));
+
+        // errors, each located
+        let e = p("forward_auth: {}\n").unwrap_err();
+        assert!(
+            e.to_string().contains("forward_auth.listen is required"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, 1, "{e}");
+        let e = p(
+            "server:\n  listen: \"127.0.0.1:8080\"\nforward_auth:\n  listen: \"127.0.0.1:8080\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("already used by another listener"),
+            "{e}"
+        );
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  backend: traces\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("forward_auth.backend traces is not configured"),
+            "{e}"
+        );
+        assert_eq!(e.0[0].line, 3, "{e}");
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  backend: mimir\n").unwrap_err();
+        assert!(e.to_string().contains("is not a backend"), "{e}");
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  numbered_label_policies: 65\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  lisen: x\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `lisen`"), "{e}");
+        let e = p("forward_auth:\n  listen: nowhere\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
     }
 
     #[test]

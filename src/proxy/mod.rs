@@ -4,6 +4,7 @@
 //! headers → header hygiene → forward (streaming, upgrades, trailers) → metrics and audit.
 
 pub mod body;
+pub mod forward_auth;
 pub use crate::wire::{
     Body, BoxError, Conn, THROTTLED_MESSAGE, error_response, full, incoming, throttled_response,
 };
@@ -16,7 +17,7 @@ use crate::config::{BackendSlot, Config, LbacMode};
 use crate::policy::{self, RequestFacts};
 use crate::route::{self, RouteClass, RouteMatch};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Mode};
 use crate::token::{self, TokenHash};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -75,6 +76,7 @@ pub enum Failure {
     Throttled(u64),
     PayloadTooLarge(String),
     RequestTimeout(String),
+    MethodNotAllowed(String),
 }
 
 impl Failure {
@@ -89,6 +91,7 @@ impl Failure {
             Failure::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Failure::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -103,6 +106,7 @@ impl Failure {
             Failure::Throttled(_) => "too_many_requests",
             Failure::PayloadTooLarge(_) => "too_large",
             Failure::RequestTimeout(_) => "timeout",
+            Failure::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 
@@ -113,7 +117,8 @@ impl Failure {
             | Failure::BadGateway(m)
             | Failure::GatewayTimeout(m)
             | Failure::PayloadTooLarge(m)
-            | Failure::RequestTimeout(m) => m,
+            | Failure::RequestTimeout(m)
+            | Failure::MethodNotAllowed(m) => m,
             Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
             Failure::Throttled(_) => THROTTLED_MESSAGE,
         }
@@ -181,52 +186,76 @@ pub async fn handle(
                 let mut audit = AuditCtx::default();
                 let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit).await {
                     Ok(r) => r,
-                    Err(f) => {
-                        if let (Failure::Unauthorized { .. }, Some(t), Some(ip)) =
-                            (&f, &gw.throttle, audit.client_ip)
-                        {
-                            t.failed(ip);
-                        }
-                        log_denial(&gw, &f, peer, name, &audit);
-                        f.into_response()
-                    }
+                    Err(f) => deny(&gw, Mode::Proxy, f, peer, name, &audit),
                 };
                 (slot.as_str(), name, Some(component), r)
             }
         };
-    let code = resp.status();
-    gw.metrics
-        .count_request(slot_label, route_label, code.as_u16());
-    gw.metrics
-        .handles()
-        .request_duration(slot_label, component)
-        .observe(start.elapsed().as_secs_f64());
+    count(
+        &gw,
+        Mode::Proxy,
+        slot_label,
+        route_label,
+        component,
+        resp.status(),
+        start,
+    );
     resp
 }
 
-fn log_denial(gw: &Gateway, f: &Failure, peer: SocketAddr, route: &str, a: &AuditCtx) {
+/// `obsgate_requests_total` and `obsgate_request_duration_seconds` for one request.
+fn count(
+    gw: &Gateway,
+    mode: Mode,
+    slot_label: &'static str,
+    route_label: &'static str,
+    component: Option<crate::config::Component>,
+    code: StatusCode,
+    start: Instant,
+) {
+    gw.metrics
+        .count_request(mode, slot_label, route_label, code.as_u16());
+    gw.metrics
+        .handles()
+        .request_duration(mode, slot_label, component)
+        .observe(start.elapsed().as_secs_f64());
+}
+
+/// The response to a failed request: a failed authentication counts against the client's
+/// allowance, a denial is counted and written to the audit log.
+fn deny(
+    gw: &Gateway,
+    mode: Mode,
+    f: Failure,
+    peer: SocketAddr,
+    route: &str,
+    audit: &AuditCtx,
+) -> Response<Body> {
+    if let (Failure::Unauthorized { .. }, Some(t), Some(ip)) = (&f, &gw.throttle, audit.client_ip) {
+        t.failed(ip);
+    }
+    log_denial(gw, mode, &f, peer, route, audit);
+    f.into_response()
+}
+
+fn log_denial(gw: &Gateway, mode: Mode, f: &Failure, peer: SocketAddr, route: &str, a: &AuditCtx) {
     let (reason, status) = match f {
         Failure::Unauthorized { reason, .. } => (*reason, 401),
         Failure::Forbidden { reason, .. } => (*reason, 403),
         Failure::BadRequest(_) => ("bad_request", 400),
         // counted, not logged line by line: a throttled client is one that is flooding us
         Failure::Throttled(_) => {
-            gw.metrics
-                .auth_decisions
-                .with_label_values(&["deny", "throttled"])
-                .inc();
-            tracing::debug!(client_ip = ?a.client_ip, route, "failed-authentication throttle: 429");
+            gw.metrics.denied(mode, "throttled");
+            tracing::debug!(client_ip = ?a.client_ip, route, mode = mode.as_str(), "failed-authentication throttle: 429");
             return;
         }
         // upstream failures are not authorization decisions
         _ => return,
     };
-    gw.metrics
-        .auth_decisions
-        .with_label_values(&["deny", reason])
-        .inc();
+    gw.metrics.denied(mode, reason);
     tracing::info!(
         target: "obsgate::audit",
+        mode = mode.as_str(),
         token = a.identity.as_ref().map(|i| i.token_name.as_str()).unwrap_or("-"),
         policy = a.identity.as_ref().map(|i| i.policy_name.as_str()).unwrap_or("-"),
         tenant = a.tenant.as_deref().unwrap_or("-"),
@@ -257,6 +286,7 @@ fn unauthorized(reason: &'static str, message: impl Into<String>) -> Failure {
 /// policies are enforced. Returns the tenant header value and the enforcement.
 fn authorize(
     gw: &Gateway,
+    mode: Mode,
     route: &RouteMatch<'_>,
     client_ip: IpAddr,
     headers: &http::HeaderMap,
@@ -309,8 +339,13 @@ fn authorize(
     // first/last use, as the Cloud API reports them: allowed requests only
     id.usage.touch(facts.now_unix);
     audit.tenant = Some(allow.org_id.clone());
-    let enforcement =
-        enforce_label_policies(gw, route.slot, allow.tenants.len(), &allow.label_policies)?;
+    let enforcement = enforce_label_policies(
+        gw,
+        mode,
+        route.slot,
+        allow.tenants.len(),
+        &allow.label_policies,
+    )?;
     Ok((allow.org_id, enforcement))
 }
 
@@ -329,8 +364,9 @@ async fn authorize_and_forward(
         &gw.config.client_ip.trusted_proxies,
     );
     audit.client_ip = Some(client_ip);
-    let (org_id, enforcement) = authorize(gw, &route, client_ip, req.headers(), audit)?;
-    gw.metrics.handles().allowed.inc();
+    let (org_id, enforcement) =
+        authorize(gw, Mode::Proxy, &route, client_ip, req.headers(), audit)?;
+    gw.metrics.handles().allowed(Mode::Proxy).inc();
     let up = gw.upstreams.get(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
@@ -633,6 +669,7 @@ fn respond(
 /// request is refused (fail closed).
 fn enforce_label_policies(
     gw: &Gateway,
+    mode: Mode,
     slot: BackendSlot,
     tenants: usize,
     restricted: &[(&str, Vec<&crate::selector::Selector>)],
@@ -647,9 +684,14 @@ fn enforce_label_policies(
     match gw.config.lbac {
         // A plain Prometheus ignores X-Prom-Label-Policy: sending it would let every series through.
         LbacMode::Header if up_kind(gw, slot) == Some(crate::config::BackendKind::Prometheus) => {
-            Err(refuse(
-                "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; set lbac.mode: rewrite",
-            ))
+            Err(refuse(match mode {
+                Mode::Proxy => {
+                    "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; set lbac.mode: rewrite"
+                }
+                Mode::ForwardAuth => {
+                    "this token is restricted by label policies, and a plain Prometheus backend does not enforce X-Prom-Label-Policy; forward-auth cannot rewrite queries: send these reads through obsgate's proxy listener with lbac.mode: rewrite"
+                }
+            }))
         }
         LbacMode::Header => {
             let mut values = Vec::new();

@@ -21,10 +21,32 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The proxy: `None` the shared listener (admin API included), `Some(slot)` a backend's
+    /// dedicated one.
+    Proxy(Option<BackendSlot>),
+    /// The forward-auth endpoint (`forward_auth.listen`).
+    ForwardAuth,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::Proxy(None) => "shared",
+            Role::Proxy(Some(s)) => s.as_str(),
+            Role::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
 /// A running gateway. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     /// Bound addresses: `None` is the shared listener, `Some(slot)` a dedicated one.
     pub listeners: Vec<(Option<BackendSlot>, SocketAddr)>,
+    /// The forward-auth listener's bound address, when `forward_auth` is configured.
+    pub forward_auth: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub services: Arc<Services>,
     shutdown: tokio_watch::Sender<bool>,
@@ -90,10 +112,10 @@ pub struct Services {
 }
 
 /// Every request on every listener: framing → own endpoints → admin API (shared listener) →
-/// data plane.
+/// data plane, or forward-auth on its listener.
 pub async fn dispatch(
     svc: Arc<Services>,
-    only: Option<BackendSlot>,
+    role: Role,
     conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -118,6 +140,12 @@ pub async fn dispatch(
     if let Some(r) = own_endpoint(&svc, &req) {
         return r;
     }
+    let only = match role {
+        Role::Proxy(only) => only,
+        Role::ForwardAuth => {
+            return super::forward_auth::handle(svc.gateway.clone(), conn, req).await;
+        }
+    };
     // the admin API is served on the shared listener only (SPEC 9)
     let req = if only.is_none() {
         match svc.admin.serve(&conn, req).await {
@@ -235,33 +263,45 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         None => None,
     };
 
-    let mut binds: Vec<(Option<BackendSlot>, SocketAddr)> = vec![(None, config.server.listen)];
+    let mut binds: Vec<(Role, SocketAddr)> = vec![(Role::Proxy(None), config.server.listen)];
     for b in config.backends.iter() {
         if let Some(l) = b.listen {
-            binds.push((Some(b.slot), l));
+            binds.push((Role::Proxy(Some(b.slot)), l));
+        }
+    }
+    if let Some(fa) = &config.forward_auth {
+        binds.push((Role::ForwardAuth, fa.listen));
+        if config.client_ip.trusted_proxies.is_empty() {
+            tracing::warn!(
+                "forward_auth is on and client_ip.trusted_proxies is empty: the proxy asking is taken as the client, so allowed_subnets are checked against its address and one client's failed authentications throttle every client; list the proxy's address in client_ip.trusted_proxies"
+            );
         }
     }
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (tx, rx) = tokio_watch::channel(false);
     let mut listeners = Vec::new();
+    let mut forward_auth = None;
     let mut tasks = Vec::new();
     let mut sockets = Vec::new();
-    for (slot, addr) in binds {
+    for (role, addr) in binds {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|err| StartError::Bind { addr, err })?;
         let local = l
             .local_addr()
             .map_err(|err| StartError::Bind { addr, err })?;
-        listeners.push((slot, local));
-        sockets.push((slot, l));
+        match role {
+            Role::Proxy(slot) => listeners.push((slot, local)),
+            Role::ForwardAuth => forward_auth = Some(local),
+        }
+        sockets.push((role, l));
     }
-    for (slot, l) in sockets {
+    for (role, l) in sockets {
         let local = l.local_addr().ok();
-        tracing::info!(listener = slot.map(|s| s.as_str()).unwrap_or("shared"), addr = ?local, tls = tls.is_some(), "listening");
+        tracing::info!(listener = role.label(), addr = ?local, tls = tls.is_some(), "listening");
         tasks.push(tokio::spawn(accept_loop(
             l,
-            slot,
+            role,
             services.clone(),
             tls.clone(),
             rx.clone(),
@@ -305,6 +345,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     services.ready.store(true, Ordering::Release);
     Ok(Running {
         listeners,
+        forward_auth,
         gateway,
         services,
         shutdown: tx,
@@ -337,7 +378,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 async fn accept_loop(
     listener: TcpListener,
-    only: Option<BackendSlot>,
+    role: Role,
     svc: Arc<Services>,
     tls: Option<Arc<crate::tls::TlsReloader>>,
     mut shutdown: tokio_watch::Receiver<bool>,
@@ -411,7 +452,7 @@ async fn accept_loop(
             let request = svc_state.request_started();
             let state = svc_state.clone();
             async move {
-                let resp = dispatch(services, only, conn, req).await;
+                let resp = dispatch(services, role, conn, req).await;
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     state.mark_upgraded();
                 } else if resp.status() == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
