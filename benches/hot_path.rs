@@ -16,6 +16,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The gateway binary's allocator, so allocation costs are the ones it pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn glc(name: &str) -> String {
     let p = format!(
         r#"{{"o":"1","n":"bench-{name}","k":"k-{name}-0123456789abcdefghijklmnop","m":{{"r":"eu"}}}}"#
@@ -120,6 +124,79 @@ fn benches(c: &mut Criterion) {
             })
         },
     );
+    // One forward-auth decision, the whole answer: read the nginx-form question, match the
+    // route, authorize (cached token, subnet, tenant, realm, scope, label policies), build the
+    // 200 with X-Scope-OrgID and X-Prom-Label-Policy, count it.
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _enter = rt.enter();
+        let cfg = obsgate::config::parse(
+            Path::new("/bench/gateway.yaml"),
+            "backends:\n  metrics: { kind: mimir, url: \"http://127.0.0.1:9\" }\nforward_auth:\n  listen: \"127.0.0.1:0\"\nclient_ip:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let snap = load_texts(&[(Path::new("bench.yaml"), &text)], "local").unwrap();
+        let fa_store = Arc::new(Store::new(
+            snap,
+            100_000,
+            Duration::from_secs(600),
+            metrics.clone(),
+        ));
+        let gw = obsgate::proxy::Gateway::new(Arc::new(cfg), fa_store, metrics).unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let uri: http::Uri = "/auth".parse().unwrap();
+        for (name, tenant, want_lp) in [
+            ("restricted read (one label policy)", "tenant-007", true),
+            ("unrestricted read", "tenant-008", false),
+        ] {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{tenant}:{glc_tok}"));
+            let mut q = HeaderMap::new();
+            for (k, v) in [
+                ("host", "127.0.0.1:8090".to_string()),
+                ("x-original-method", "GET".to_string()),
+                (
+                    "x-original-uri",
+                    "/prometheus/api/v1/query_range?query=sum%28rate%28http_requests_total%5B5m%5D%29%29&start=1700000000&end=1700003600&step=15".to_string(),
+                ),
+                ("x-forwarded-for", "10.1.2.3".to_string()),
+                ("authorization", format!("Basic {basic}")),
+                ("user-agent", "Grafana/11.3.0".to_string()),
+                ("accept", "application/json".to_string()),
+            ] {
+                q.insert(
+                    http::header::HeaderName::from_static(k),
+                    HeaderValue::from_str(&v).unwrap(),
+                );
+            }
+            let r = obsgate::proxy::forward_auth::answer(&gw, peer, &Method::GET, &uri, &q);
+            assert_eq!(r.status(), 200, "{name}");
+            assert_eq!(
+                r.headers().contains_key("x-prom-label-policy"),
+                want_lp,
+                "{name}"
+            );
+            c.bench_function(
+                &format!("forward_auth/answer {name}, cached token, 10k tokens"),
+                |b| {
+                    b.iter(|| {
+                        obsgate::proxy::forward_auth::answer(
+                            &gw,
+                            peer,
+                            &Method::GET,
+                            black_box(&uri),
+                            black_box(&q),
+                        )
+                        .status()
+                    })
+                },
+            );
+        }
+    }
     c.bench_function("store/lookup_and_resolve uncached, 10k tokens", |b| {
         let s = store.snapshot();
         b.iter(|| s.resolve(s.lookup(black_box(&h)).unwrap()))

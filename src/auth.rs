@@ -92,19 +92,30 @@ pub fn credentials(headers: &HeaderMap) -> Result<Credentials<'_>, CredentialsEr
 /// used (fail closed: never an address the client chose freely).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let peer = canonical(peer);
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&peer)) {
         return peer;
     }
+    walk(peer, headers.get_all(X_FORWARDED_FOR), trusted)
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
+
+/// The walk of [`client_ip`] from a trusted `peer` (canonical) along `X-Forwarded-For`.
+fn walk(
+    peer: IpAddr,
+    xff: http::header::GetAll<'_, http::HeaderValue>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     let mut current = peer;
-    // all X-Forwarded-For headers, in order, form one list
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    // all X-Forwarded-For headers, in order, form one list, walked from its end
+    let entries = xff
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
-    for e in entries.iter().rev() {
+        .flat_map(|v| v.rsplit(','));
+    for e in entries {
         let Some(ip) = parse_xff_entry(e) else {
             return current;
         };
@@ -125,10 +136,12 @@ pub fn forward_auth_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNe
     if trusted.is_empty() || !trusted.iter().any(|n| n.contains(&canon)) {
         return canon;
     }
-    if headers.contains_key("x-forwarded-for") {
-        return client_ip(peer, headers, trusted);
+    // one lookup: whether there is an X-Forwarded-For at all, and its values
+    let xff = headers.get_all(X_FORWARDED_FOR);
+    if xff.iter().next().is_some() {
+        return walk(canon, xff, trusted);
     }
-    let mut real = headers.get_all("x-real-ip").iter();
+    let mut real = headers.get_all(X_REAL_IP).iter();
     match (real.next(), real.next()) {
         (Some(v), None) => v
             .to_str()

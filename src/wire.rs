@@ -19,6 +19,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// An empty body. Boxing it allocates nothing (the boxed value has no size).
+pub fn empty() -> Body {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 pub fn incoming(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }

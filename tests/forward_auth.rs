@@ -243,6 +243,15 @@ async fn label_policy_values_are_the_data_planes_and_numbered_copies_are_bounded
     t.gw.shutdown().await;
 }
 
+/// method, path, Authorization, other headers, the status both listeners answer
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<String>,
+    Vec<(&'a str, &'a str)>,
+    u16,
+);
+
 /// Every row of the decision table: forward-auth says what the proxy listener does, for the
 /// same request from the same client.
 #[tokio::test]
@@ -251,7 +260,7 @@ async fn every_decision_matches_the_data_plane() {
     let t = start("auth_throttle:\n  burst: 0\n", "").await;
     let c = client();
     let malformed = "glc_not-base64!";
-    let cases: Vec<(&str, &str, Option<String>, Vec<(&str, &str)>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         // route unknown
         (
             "GET",

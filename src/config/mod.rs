@@ -55,6 +55,34 @@ pub struct ForwardAuthConfig {
     /// Also answer the label-policy values as `X-Prom-Label-Policy-1` … `-n`, for proxies that
     /// copy one value per header name (nginx); more values than this are refused. 0: off.
     pub numbered_label_policies: usize,
+    /// `forward_auth.form`: which form of question is read (`auto`: every form, which must agree).
+    pub form: ForwardAuthForm,
+}
+
+/// The form of question the forward-auth listener reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardAuthForm {
+    /// Every form; the forms a question holds must name the same request.
+    #[default]
+    Auto,
+    /// `X-Original-Method` + `X-Original-URI` on `/auth` only.
+    Nginx,
+    /// `X-Forwarded-Method` + `X-Forwarded-Uri` on `/auth` only.
+    Traefik,
+    /// `/auth/<original path>` with the original method only.
+    Envoy,
+}
+
+impl ForwardAuthForm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardAuthForm::Auto => "auto",
+            ForwardAuthForm::Nginx => "nginx",
+            ForwardAuthForm::Traefik => "traefik",
+            ForwardAuthForm::Envoy => "envoy",
+        }
+    }
 }
 
 impl ForwardAuthConfig {
@@ -308,6 +336,8 @@ struct RawForwardAuth {
     listen: Option<SocketAddr>,
     backend: Option<Spanned<String>>,
     numbered_label_policies: Option<Spanned<usize>>,
+    #[serde(default)]
+    form: ForwardAuthForm,
 }
 
 #[derive(Deserialize, Default)]
@@ -871,6 +901,7 @@ fn forward_auth(
         listen,
         backend,
         numbered_label_policies: numbered,
+        form: raw.form,
     })
 }
 
@@ -1050,6 +1081,11 @@ cache:
         let c = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n").unwrap();
         let fa = c.forward_auth.unwrap();
         assert_eq!((fa.backend, fa.numbered_label_policies), (None, 0));
+        assert_eq!(fa.form, ForwardAuthForm::Auto);
+        let c = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: nginx\n").unwrap();
+        assert_eq!(c.forward_auth.unwrap().form, ForwardAuthForm::Nginx);
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: haproxy\n").unwrap_err();
+        assert_eq!(e.0[0].line, 3, "{e}");
 
         // errors, each located
         let e = p("forward_auth: {}\n").unwrap_err();

@@ -18,12 +18,11 @@
 
 use super::{AuditCtx, Enforcement, Failure, Gateway, authorize, count, deny, lbac_failure};
 use crate::auth;
+use crate::config::ForwardAuthForm;
 use crate::route::{self, RouteMatch};
 use crate::telemetry::Mode;
-use crate::wire::{Body, Conn, full};
-use bytes::Bytes;
+use crate::wire::{Body, Conn, empty};
 use http::header::HeaderName;
-use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -53,12 +52,20 @@ impl Form {
     }
 }
 
-/// The request the proxy asks about.
+/// The request the proxy asks about, borrowed from the question.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Original {
+pub struct Original<'q> {
     pub method: Method,
-    pub target: PathAndQuery,
+    /// The path as the client sent it (what the route tables match).
+    pub path: &'q str,
+    pub query: Option<&'q str>,
     pub form: Form,
+}
+
+impl Original<'_> {
+    fn same_request(&self, o: &Original<'_>) -> bool {
+        self.method == o.method && self.path == o.path && self.query == o.query
+    }
 }
 
 fn bad(message: impl Into<String>) -> Failure {
@@ -67,75 +74,134 @@ fn bad(message: impl Into<String>) -> Failure {
 
 const MISSING: &str = "missing the original request: send X-Original-Method and X-Original-URI (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or ask /auth/<original path> with the original method (Envoy)";
 
-/// A header that must appear at most once, as text.
-fn one<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, Failure> {
-    let mut all = headers.get_all(name).iter();
-    let Some(v) = all.next() else {
-        return Ok(None);
-    };
-    if all.next().is_some() {
-        return Err(bad(format!("{name} is given more than once")));
+/// The headers of the two header forms, in the order of [`FormHeaders`]' slots.
+const FORM_HEADERS: [&str; 4] = [
+    "x-original-method",
+    "x-original-uri",
+    "x-forwarded-method",
+    "x-forwarded-uri",
+];
+
+/// The form headers of a question, found in one pass over its headers (four hashed lookups of
+/// custom header names cost more than the pass), each with whether it came more than once.
+#[derive(Default)]
+struct FormHeaders<'h>([(Option<&'h HeaderValue>, bool); 4]);
+
+impl<'h> FormHeaders<'h> {
+    fn scan(headers: &'h HeaderMap) -> FormHeaders<'h> {
+        let mut f = FormHeaders::default();
+        for (name, value) in headers {
+            let i = match name.as_str() {
+                "x-original-method" => 0,
+                "x-original-uri" => 1,
+                "x-forwarded-method" => 2,
+                "x-forwarded-uri" => 3,
+                _ => continue,
+            };
+            let slot = &mut f.0[i];
+            if slot.0.is_some() {
+                slot.1 = true;
+            } else {
+                slot.0 = Some(value);
+            }
+        }
+        f
     }
-    let s = v
-        .to_str()
-        .map_err(|_| bad(format!("{name} is not printable ASCII")))?;
-    if s.is_empty() {
-        return Err(bad(format!("{name} is empty")));
+
+    /// Header `i`, which must appear at most once and be UTF-8 text without control
+    /// characters or spaces (a request target never has them; raw non-ASCII letters, which
+    /// nginx passes on in a query, are kept).
+    fn one(&self, i: usize) -> Result<Option<&'h str>, Failure> {
+        let name = FORM_HEADERS[i];
+        let (v, twice) = self.0[i];
+        let Some(v) = v else {
+            return Ok(None);
+        };
+        if twice {
+            return Err(bad(format!("{name} is given more than once")));
+        }
+        let b = v.as_bytes();
+        if b.is_empty() {
+            return Err(bad(format!("{name} is empty")));
+        }
+        if b.iter().any(|&c| c < 0x21 || c == 0x7f) {
+            return Err(bad(format!("{name} has a space or a control character")));
+        }
+        std::str::from_utf8(b)
+            .map(Some)
+            .map_err(|_| bad(format!("{name} is not UTF-8")))
     }
-    Ok(Some(s))
 }
 
 /// A request target as a client sends it to the proxy: a path starting with `/`, with an
-/// optional query, nothing else (no absolute form, no `*`, no fragment), parsed the way the
-/// data plane's server parses one.
-fn target(name: &str, s: &str) -> Result<PathAndQuery, Failure> {
-    let invalid = || {
-        bad(format!(
+/// optional query (no absolute form, no `*`), split at the first `?` as Go's and hyper's
+/// servers split one. Only the path decides the route; a `#` is an ordinary byte, as the
+/// proxy passes it on.
+fn target<'s>(name: &str, s: &'s str) -> Result<(&'s str, Option<&'s str>), Failure> {
+    if !s.starts_with('/') {
+        return Err(bad(format!(
             "{name} must be the original request's path and query as the client sent it (starting with /)"
-        ))
-    };
-    if !s.starts_with('/') || s.contains('#') {
-        return Err(invalid());
+        )));
     }
-    PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(s.as_bytes())).map_err(|_| invalid())
+    Ok(match s.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (s, None),
+    })
 }
 
 fn method(name: &str, s: &str) -> Result<Method, Failure> {
     Method::from_bytes(s.as_bytes()).map_err(|_| bad(format!("{name} is not an HTTP method")))
 }
 
-/// One header form: both headers or neither.
-fn header_form(
-    headers: &HeaderMap,
-    form: Form,
-    method_name: &'static str,
-    uri_name: &'static str,
-) -> Result<Option<Original>, Failure> {
-    match (one(headers, method_name)?, one(headers, uri_name)?) {
-        (None, None) => Ok(None),
-        (Some(_), None) => Err(bad(format!(
+/// What one header form of a question holds.
+enum Read<'h> {
+    Absent,
+    /// One of its two headers: an error if no complete form is there.
+    Half(Failure),
+    Complete(Original<'h>),
+}
+
+/// One header form: both headers, or neither, or half. A header given twice, or not a
+/// request's method or target, is an error whatever else the question holds.
+fn header_form<'h>(found: &FormHeaders<'h>, form: Form, first: usize) -> Result<Read<'h>, Failure> {
+    let (method_name, uri_name) = (FORM_HEADERS[first], FORM_HEADERS[first + 1]);
+    Ok(match (found.one(first)?, found.one(first + 1)?) {
+        (None, None) => Read::Absent,
+        (Some(_), None) => Read::Half(bad(format!(
             "{uri_name} is missing ({method_name} was sent): the original request needs both"
         ))),
-        (None, Some(_)) => Err(bad(format!(
+        (None, Some(_)) => Read::Half(bad(format!(
             "{method_name} is missing ({uri_name} was sent): the original request needs both"
         ))),
-        (Some(m), Some(u)) => Ok(Some(Original {
-            method: method(method_name, m)?,
-            target: target(uri_name, u)?,
-            form,
-        })),
-    }
+        (Some(m), Some(u)) => {
+            let (path, query) = target(uri_name, u)?;
+            Read::Complete(Original {
+                method: method(method_name, m)?,
+                path,
+                query,
+                form,
+            })
+        }
+    })
 }
 
 /// Reads the original request from a question asked of `/auth` or `/auth/<path>`. `None`: the
 /// question was asked of another path.
-pub fn original(
+/// `only`: the one form read (`forward_auth.form`); `None`: every form, which must agree.
+pub fn original<'q>(
     method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Option<Result<Original, Failure>> {
+    uri: &'q Uri,
+    headers: &'q HeaderMap,
+    only: Option<Form>,
+) -> Option<Result<Original<'q>, Failure>> {
     let path = uri.path();
     let rest = path.strip_prefix(AUTH_PATH)?;
+    // a fixed form: /auth/<path> is Envoy's alone, /auth the header forms'
+    match only {
+        Some(Form::Envoy) if rest.is_empty() => return None,
+        Some(Form::Nginx | Form::Traefik) if !rest.is_empty() => return None,
+        _ => {}
+    }
     let envoy = if rest.is_empty() {
         if !matches!(*method, Method::GET | Method::HEAD | Method::POST) {
             return Some(Err(Failure::MethodNotAllowed(format!(
@@ -144,49 +210,66 @@ pub fn original(
         }
         None
     } else if rest.starts_with('/') {
-        let t = match uri.query() {
-            Some(q) => format!("{rest}?{q}"),
-            None => rest.to_string(),
-        };
-        match target("the path after /auth", &t) {
-            Ok(target) => Some(Original {
-                method: method.clone(),
-                target,
-                form: Form::Envoy,
-            }),
-            Err(e) => return Some(Err(e)),
-        }
+        // hyper parsed the question's target: the path and query are the original's
+        Some(Original {
+            method: method.clone(),
+            path: rest,
+            query: uri.query(),
+            form: Form::Envoy,
+        })
     } else {
         // `/authx`: not ours
         return None;
     };
-    Some(read_forms(envoy, headers))
+    Some(read_forms(envoy, headers, only))
 }
 
-fn read_forms(envoy: Option<Original>, headers: &HeaderMap) -> Result<Original, Failure> {
-    let nginx = header_form(headers, Form::Nginx, "x-original-method", "x-original-uri")?;
-    let traefik = header_form(
-        headers,
-        Form::Traefik,
-        "x-forwarded-method",
-        "x-forwarded-uri",
-    )?;
-    let mut found = [envoy, nginx, traefik].into_iter().flatten();
-    let first = found.next().ok_or_else(|| bad(MISSING))?;
-    for other in found {
-        if other.method != first.method || other.target != first.target {
-            return Err(bad(format!(
-                "the original request is given twice and the two disagree ({} says {} {}, {} says {} {}); the proxy must set its own headers on every question",
-                first.form.describe(),
-                first.method,
-                first.target.path(),
-                other.form.describe(),
-                other.method,
-                other.target.path(),
-            )));
+fn read_forms<'q>(
+    envoy: Option<Original<'q>>,
+    headers: &'q HeaderMap,
+    only: Option<Form>,
+) -> Result<Original<'q>, Failure> {
+    let found = FormHeaders::scan(headers);
+    let read = |form: Form, first: usize| {
+        if only.is_none_or(|o| o == form) {
+            header_form(&found, form, first)
+        } else {
+            Ok(Read::Absent)
+        }
+    };
+    let forms = [
+        envoy.map_or(Read::Absent, Read::Complete),
+        read(Form::Nginx, 0)?,
+        read(Form::Traefik, 2)?,
+    ];
+    // Every complete form must name the same request. Half a form (a header a client added,
+    // say) decides nothing: it is the answer only when no complete form is there.
+    let mut half = None;
+    let mut first: Option<Original<'q>> = None;
+    for r in forms {
+        match r {
+            Read::Absent => {}
+            Read::Half(e) => {
+                half.get_or_insert(e);
+            }
+            Read::Complete(o) => match &first {
+                None => first = Some(o),
+                Some(f) if f.same_request(&o) => {}
+                Some(f) => {
+                    return Err(bad(format!(
+                        "the original request is given twice and the two disagree ({} says {} {}, {} says {} {}); the proxy must set its own headers on every question (or set forward_auth.form)",
+                        f.form.describe(),
+                        f.method,
+                        f.path,
+                        o.form.describe(),
+                        o.method,
+                        o.path,
+                    )));
+                }
+            },
         }
     }
-    Ok(first)
+    first.ok_or_else(|| half.unwrap_or_else(|| bad(MISSING)))
 }
 
 /// Every question on the forward-auth listener (after the gateway's own endpoints).
@@ -209,12 +292,23 @@ pub fn answer(
     let start = Instant::now();
     let _inflight = crate::telemetry::InflightRequest::start(&gw.metrics.inflight);
     let mode = Mode::ForwardAuth;
-    let (backend, numbered) = gw
+    let (backend, numbered, form) = gw
         .config
         .forward_auth
         .as_ref()
-        .map_or((None, 0), |f| (f.backend, f.numbered_label_policies));
-    let orig = match original(method, uri, headers) {
+        .map_or((None, 0, None), |f| {
+            (
+                f.backend,
+                f.numbered_label_policies,
+                match f.form {
+                    ForwardAuthForm::Auto => None,
+                    ForwardAuthForm::Nginx => Some(Form::Nginx),
+                    ForwardAuthForm::Traefik => Some(Form::Traefik),
+                    ForwardAuthForm::Envoy => Some(Form::Envoy),
+                },
+            )
+        });
+    let orig = match original(method, uri, headers, form) {
         None => {
             let r = Failure::NotFound(format!(
                 "the forward-auth listener answers {AUTH_PATH} and {AUTH_PATH}/<original path>, not {}",
@@ -235,7 +329,7 @@ pub fn answer(
         }
         Some(Ok(o)) => o,
     };
-    let path = orig.target.path();
+    let path = orig.path;
     let (slot_label, route_label, component, resp) =
         match route::match_route(&gw.config.backends, backend, &orig.method, path) {
             None => {
@@ -320,7 +414,7 @@ fn allow(
     let org = HeaderValue::from_str(&org_id)
         .map_err(|_| Failure::BadRequest("invalid tenant ID".into()))?;
     gw.metrics.handles().allowed(Mode::ForwardAuth).inc();
-    let mut r = Response::new(full(Bytes::new()));
+    let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
     h.insert(super::headers::X_SCOPE_ORGID, org);
@@ -364,18 +458,37 @@ mod tests {
         m
     }
 
-    fn read(method: Method, uri: &str, pairs: &[(&str, &str)]) -> Result<Original, String> {
-        let uri: Uri = uri.parse().unwrap();
-        match original(&method, &uri, &hdrs(pairs)) {
+    fn read(
+        method: Method,
+        uri: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<Original<'static>, String> {
+        read_only(method, uri, pairs, None)
+    }
+
+    fn read_only(
+        method: Method,
+        uri: &str,
+        pairs: &[(&str, &str)],
+        only: Option<Form>,
+    ) -> Result<Original<'static>, String> {
+        // leaked: the parsed question outlives this helper in the tests
+        let uri: &'static Uri = Box::leak(Box::new(uri.parse().unwrap()));
+        let headers: &'static HeaderMap = Box::leak(Box::new(hdrs(pairs)));
+        match original(&method, uri, headers, only) {
             None => Err("not ours".into()),
             Some(Ok(o)) => Ok(o),
             Some(Err(f)) => Err(format!("{} {}", f.status().as_u16(), f.message())),
         }
     }
 
-    fn ok(o: Result<Original, String>) -> (Method, String, Form) {
+    fn ok(o: Result<Original<'_>, String>) -> (Method, String, Form) {
         let o = o.unwrap();
-        (o.method, o.target.as_str().to_string(), o.form)
+        let target = match o.query {
+            Some(q) => format!("{}?{q}", o.path),
+            None => o.path.to_string(),
+        };
+        (o.method, target, o.form)
     }
 
     #[test]
@@ -514,13 +627,7 @@ mod tests {
         assert!(e.starts_with("400 x-original-method is missing"), "{e}");
         let e = read(Method::GET, "/auth", &[("x-forwarded-method", "GET")]).unwrap_err();
         assert!(e.starts_with("400 x-forwarded-uri is missing"), "{e}");
-        for bad_uri in [
-            "api/v1/push",
-            "http://mimir/api/v1/push",
-            "*",
-            "/api/v1/push#frag",
-            "/a b",
-        ] {
+        for bad_uri in ["api/v1/push", "http://mimir/api/v1/push", "*"] {
             let e = read(
                 Method::GET,
                 "/auth",
@@ -531,13 +638,50 @@ mod tests {
                 "{bad_uri}: {e:?}"
             );
         }
-        let e = read(
-            Method::GET,
-            "/auth",
-            &[("x-original-method", "G E T"), ("x-original-uri", "/x")],
-        )
-        .unwrap_err();
-        assert!(e.contains("is not an HTTP method"), "{e}");
+        for (m, u, want) in [
+            (
+                "GET",
+                "/a b",
+                "x-original-uri has a space or a control character",
+            ),
+            (
+                "GET",
+                "/a\tb",
+                "x-original-uri has a space or a control character",
+            ),
+            ("G E T", "/x", "x-original-method has a space"),
+            ("G(T", "/x", "x-original-method is not an HTTP method"),
+        ] {
+            let e = read(
+                Method::GET,
+                "/auth",
+                &[("x-original-method", m), ("x-original-uri", u)],
+            )
+            .unwrap_err();
+            assert!(e.contains(want), "{m} {u}: {e}");
+        }
+        // raw non-ASCII letters and a fragment mark are passed on by nginx: read as they are
+        let mut h = hdrs(&[("x-original-method", "GET")]);
+        h.insert(
+            "x-original-uri",
+            HeaderValue::from_bytes("/loki/api/v1/query?query=café#x".as_bytes()).unwrap(),
+        );
+        let h: &'static HeaderMap = Box::leak(Box::new(h));
+        let uri: &'static Uri = Box::leak(Box::new("/auth".parse().unwrap()));
+        let o = original(&Method::GET, uri, h, None).unwrap().unwrap();
+        assert_eq!(
+            (o.path, o.query),
+            ("/loki/api/v1/query", Some("query=café#x"))
+        );
+        // bytes that are not UTF-8
+        let mut h = hdrs(&[("x-original-method", "GET")]);
+        h.insert(
+            "x-original-uri",
+            HeaderValue::from_bytes(b"/x?q=\xff").unwrap(),
+        );
+        let h: &'static HeaderMap = Box::leak(Box::new(h));
+        let e = original(&Method::GET, uri, h, None).unwrap().unwrap_err();
+        assert!(e.message().contains("not UTF-8"), "{}", e.message());
         let e = read(
             Method::GET,
             "/auth",
@@ -556,6 +700,91 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("x-original-method is empty"), "{e}");
+    }
+
+    #[test]
+    fn half_a_form_is_ignored_next_to_a_complete_one_but_an_invalid_one_is_not() {
+        // a client behind nginx sends X-Forwarded-Uri alone: nginx's form decides
+        let o = read(
+            Method::GET,
+            "/auth",
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/prometheus/api/v1/query?query=up"),
+                ("x-forwarded-uri", "/api/v1/push"),
+            ],
+        );
+        assert_eq!(ok(o).2, Form::Nginx);
+        // half a form alone is still an error
+        let e = read(Method::GET, "/auth", &[("x-forwarded-uri", "/api/v1/push")]).unwrap_err();
+        assert!(e.contains("x-forwarded-method is missing"), "{e}");
+        // a complete form the proxy set cannot be made invalid to let a client's form decide:
+        // any invalid form is an error (Traefik's X-Forwarded-Uri for `OPTIONS *` is `*`)
+        let e = read(
+            Method::GET,
+            "/auth",
+            &[
+                ("x-forwarded-method", "OPTIONS"),
+                ("x-forwarded-uri", "*"),
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/prometheus/api/v1/query"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("x-forwarded-uri must be"), "{e}");
+        let e = read(
+            Method::POST,
+            "/auth/api/v1/push",
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/x"),
+                ("x-original-uri", "/y"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.contains("given more than once"), "{e}");
+    }
+
+    #[test]
+    fn a_fixed_form_reads_only_its_own_headers() {
+        let nginx_and_forged = [
+            ("x-original-method", "POST"),
+            ("x-original-uri", "/api/v1/push"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/prometheus/api/v1/query"),
+        ];
+        // auto: the two disagree
+        assert!(read(Method::GET, "/auth", &nginx_and_forged).is_err());
+        // nginx: the client's Traefik headers are not read at all
+        let o = read_only(Method::GET, "/auth", &nginx_and_forged, Some(Form::Nginx));
+        assert_eq!(ok(o), (Method::POST, "/api/v1/push".into(), Form::Nginx));
+        let o = read_only(Method::GET, "/auth", &nginx_and_forged, Some(Form::Traefik));
+        assert_eq!(ok(o).1, "/prometheus/api/v1/query");
+        // the fixed form missing: the error names what to send, the other form does not stand in
+        let e = read_only(
+            Method::GET,
+            "/auth",
+            &[("x-forwarded-method", "GET"), ("x-forwarded-uri", "/x")],
+            Some(Form::Nginx),
+        )
+        .unwrap_err();
+        assert!(e.contains("missing the original request"), "{e}");
+        // envoy: only /auth/<path>, headers ignored; /auth itself is not a question
+        let o = read_only(
+            Method::POST,
+            "/auth/api/v1/push",
+            &[("x-original-method", "GET"), ("x-original-uri", "/x")],
+            Some(Form::Envoy),
+        );
+        assert_eq!(ok(o), (Method::POST, "/api/v1/push".into(), Form::Envoy));
+        assert_eq!(
+            read_only(Method::GET, "/auth", &nginx_and_forged, Some(Form::Envoy)).unwrap_err(),
+            "not ours"
+        );
+        assert_eq!(
+            read_only(Method::GET, "/auth/x", &[], Some(Form::Nginx)).unwrap_err(),
+            "not ours"
+        );
     }
 
     #[test]

@@ -308,7 +308,9 @@ fn authorize(
         return Err(unauthorized("invalid_token", policy::INVALID_TOKEN_MESSAGE));
     };
     audit.identity = Some(id.clone());
-    let org_hdr = headers.get("x-scope-orgid").and_then(|v| v.to_str().ok());
+    let org_hdr = headers
+        .get(headers::X_SCOPE_ORGID)
+        .and_then(|v| v.to_str().ok());
     let facts = RequestFacts {
         scope: route.scope,
         label_policies_apply: route.label_policies,

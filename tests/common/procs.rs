@@ -49,6 +49,32 @@ pub fn prometheus_binary() -> Option<String> {
     }
 }
 
+/// The nginx binary when it is installed with the `auth_request` module (`nginx` on the
+/// PATH, else `/usr/sbin/nginx`). Without it the test is skipped, unless `OBSGATE_E2E=1`, which
+/// makes a missing binary a failure.
+pub fn nginx_binary() -> Option<String> {
+    for bin in ["nginx", "/usr/sbin/nginx"] {
+        // `nginx -V` prints its configure arguments on stderr
+        let Ok(out) = Command::new(bin).arg("-V").stdin(Stdio::null()).output() else {
+            continue;
+        };
+        if out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("http_auth_request_module")
+        {
+            return Some(bin.to_string());
+        }
+    }
+    if std::env::var("OBSGATE_E2E").as_deref() == Ok("1") {
+        panic!(
+            "OBSGATE_E2E=1 but `nginx` with the auth_request module is not installed (apt-get install -y nginx)"
+        );
+    }
+    eprintln!(
+        "skipping: `nginx` with the auth_request module is not installed (apt-get install -y nginx)"
+    );
+    None
+}
+
 /// Starts `bin` with its stdout and stderr in `log`.
 pub fn spawn(bin: &str, args: &[String], log: &std::path::Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
