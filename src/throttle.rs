@@ -9,6 +9,7 @@
 use crate::config::AuthThrottleConfig;
 use moka::sync::Cache;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,20 @@ impl Bucket {
 
 pub struct AuthThrottle {
     buckets: Cache<u128, Arc<Mutex<Bucket>>>,
+    /// One bit per hash of a client key that has failed at some time: a client whose bit is
+    /// clear has no bucket, and is answered without a cache lookup (which costs as much as the
+    /// rest of a cached decision). Bits are never cleared; once most are set, every check
+    /// looks up the cache, as without the filter.
+    failed_once: Box<[AtomicU64]>,
     burst: f64,
     per_second: f64,
+}
+
+const FILTER_WORDS: usize = 1024; // 65,536 bits, 8 KiB
+
+fn filter_bit(key: u128) -> (usize, u64) {
+    let h = ((key as u64) ^ ((key >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48;
+    ((h as usize) / 64 % FILTER_WORDS, 1u64 << (h % 64))
 }
 
 impl AuthThrottle {
@@ -58,16 +71,26 @@ impl AuthThrottle {
                 .max_capacity(c.max_clients)
                 .time_to_idle(refill)
                 .build(),
+            failed_once: (0..FILTER_WORDS).map(|_| AtomicU64::new(0)).collect(),
             burst,
             per_second: c.per_second,
         })
     }
 
+    fn may_have_failed(&self, key: u128) -> bool {
+        let (w, bit) = filter_bit(key);
+        self.failed_once[w].load(Ordering::Relaxed) & bit != 0
+    }
+
     /// `Err(seconds)` when this client has used up its failures: answer 429 with
     /// `Retry-After: seconds`. Does not change the bucket.
     pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
-        // the clock is read only for a client that has failed before
-        let Some(b) = self.buckets.get(&client_key(ip)) else {
+        // the cache is looked up and the clock read only for a client that may have failed
+        let key = client_key(ip);
+        if !self.may_have_failed(key) {
+            return Ok(());
+        }
+        let Some(b) = self.buckets.get(&key) else {
             return Ok(());
         };
         self.check_bucket(&b, Instant::now())
@@ -75,7 +98,11 @@ impl AuthThrottle {
 
     #[cfg(test)]
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
-        let Some(b) = self.buckets.get(&client_key(ip)) else {
+        let key = client_key(ip);
+        if !self.may_have_failed(key) {
+            return Ok(());
+        }
+        let Some(b) = self.buckets.get(&key) else {
             return Ok(());
         };
         self.check_bucket(&b, now)
@@ -99,7 +126,11 @@ impl AuthThrottle {
 
     fn failed_at(&self, ip: IpAddr, now: Instant) {
         let burst = self.burst;
-        let b = self.buckets.get_with(client_key(ip), || {
+        let key = client_key(ip);
+        // set before the bucket exists: a check that sees the bucket also sees the bit
+        let (w, bit) = filter_bit(key);
+        self.failed_once[w].fetch_or(bit, Ordering::Relaxed);
+        let b = self.buckets.get_with(key, || {
             Arc::new(Mutex::new(Bucket {
                 tokens: burst,
                 at: now,
@@ -194,5 +225,34 @@ mod tests {
             })
             .is_none()
         );
+    }
+
+    #[test]
+    fn the_filter_only_skips_clients_that_never_failed() {
+        let t = throttle(1, 0.001, 100);
+        let bad: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(!t.may_have_failed(client_key(bad)));
+        t.failed(bad);
+        assert!(t.may_have_failed(client_key(bad)));
+        assert!(t.check(bad).is_err(), "its bucket is empty");
+        // a client sharing the failed client's bit is looked up, and has no bucket
+        let (w, bit) = filter_bit(client_key(bad));
+        let twin = (1u32..)
+            .map(|n| IpAddr::from(std::net::Ipv4Addr::from(n)))
+            .find(|ip| *ip != bad && filter_bit(client_key(*ip)) == (w, bit))
+            .unwrap();
+        assert!(t.may_have_failed(client_key(twin)));
+        assert_eq!(t.check(twin), Ok(()));
+        // a client with a clear bit is never looked up (and fine)
+        let other = (1u32..)
+            .map(|n| IpAddr::from(std::net::Ipv4Addr::from(n)))
+            .find(|ip| !t.may_have_failed(client_key(*ip)))
+            .unwrap();
+        assert_eq!(t.check(other), Ok(()));
+        // IPv6 clients of one /64 share a key, so a bit
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff".parse().unwrap();
+        t.failed(a);
+        assert!(t.check(b).is_err());
     }
 }

@@ -340,15 +340,21 @@ fn authorize(
     };
     // first/last use, as the Cloud API reports them: allowed requests only
     id.usage.touch(facts.now_unix);
-    audit.tenant = Some(allow.org_id.clone());
-    let enforcement = enforce_label_policies(
+    // the tenant for the audit line is set here only for a refusal: a caller that can still
+    // refuse an allowed request sets it itself (one string copy fewer per allowed answer)
+    match enforce_label_policies(
         gw,
         mode,
         route.slot,
         allow.tenants.len(),
         &allow.label_policies,
-    )?;
-    Ok((allow.org_id, enforcement))
+    ) {
+        Ok(enforcement) => Ok((allow.org_id, enforcement)),
+        Err(f) => {
+            audit.tenant = Some(allow.org_id);
+            Err(f)
+        }
+    }
 }
 
 /// The data plane for one routed request, phase by phase: authorize → prepare (limits, label
@@ -368,6 +374,7 @@ async fn authorize_and_forward(
     audit.client_ip = Some(client_ip);
     let (org_id, enforcement) =
         authorize(gw, Mode::Proxy, &route, client_ip, req.headers(), audit)?;
+    audit.tenant = Some(org_id.clone());
     gw.metrics.handles().allowed(Mode::Proxy).inc();
     let up = gw.upstreams.get(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
