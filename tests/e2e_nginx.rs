@@ -133,57 +133,20 @@ forward_auth:
     )
 }
 
-/// The server block the README gives (ports and upstream names filled in by `.replace`).
-const RECIPE: &str = r#"
-  server {
-    listen 127.0.0.1:NGXPORT;
-    location = /_obsgate_auth {
-      internal;
-      proxy_pass http://obsgate_auth/auth;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }
-    # nginx answers any auth status but 401/403 with 500: ask again to hand on obsgate's own status and body
-    location @obsgate_error {
-      if ($obsgate_status !~ "^(400|404|405|429)$") { return 500; }
-      rewrite ^ /auth break;
-      proxy_pass http://obsgate_auth;
-      proxy_method GET;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-    }
-    location / {
-      auth_request /_obsgate_auth;
-      auth_request_set $obsgate_status $upstream_status;
-      auth_request_set $obsgate_tenant $upstream_http_x_scope_orgid;
-      auth_request_set $obsgate_lp1 $upstream_http_x_prom_label_policy_1;
-      auth_request_set $obsgate_lp2 $upstream_http_x_prom_label_policy_2;
-      auth_request_set $obsgate_lp3 $upstream_http_x_prom_label_policy_3;
-      auth_request_set $obsgate_lp4 $upstream_http_x_prom_label_policy_4;
-      error_page 500 = @obsgate_error;
-      proxy_set_header X-Scope-OrgID $obsgate_tenant;
-      proxy_set_header X-Prom-Label-Policy $obsgate_lp1;
-      proxy_set_header X-Prom-Label-Policy $obsgate_lp2;
-      proxy_set_header X-Prom-Label-Policy $obsgate_lp3;
-      proxy_set_header X-Prom-Label-Policy $obsgate_lp4;
-      proxy_headers_hash_bucket_size 256;
-      proxy_set_header Authorization "";
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://MIMIR;
-    }
-  }
-"#;
+/// The server block of `docs/forward-auth/nginx.conf`, the one the README shows, with the
+/// port and the upstream name left to fill in (`NGXPORT`, `MIMIR`).
+fn recipe() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/forward-auth/nginx.conf"
+    ))
+    .unwrap();
+    let server = &text[text.find("server {").expect("a server block")..];
+    assert!(server.contains("listen 80;") && server.contains("proxy_pass http://mimir;"));
+    server
+        .replace("listen 80;", "listen 127.0.0.1:NGXPORT;")
+        .replace("proxy_pass http://mimir;", "proxy_pass http://MIMIR;")
+}
 
 /// The same without the error_page recipe: every auth status but 2xx/401/403 is nginx's 500.
 const MINIMAL: &str = r#"
@@ -391,13 +354,13 @@ impl Stack {
         let tap = Tap::start(fa).await;
 
         let (ngx, minimal, dead) = (local(free_port()), local(free_port()), local(free_port()));
-        let servers = RECIPE
+        let servers = recipe()
             .replace("NGXPORT", &ngx.port().to_string())
             .replace("MIMIR", "mimir")
             + &MINIMAL
                 .replace("NGXPORT", &minimal.port().to_string())
                 .replace("MIMIR", "mimir")
-            + &RECIPE
+            + &recipe()
                 .replace("NGXPORT", &dead.port().to_string())
                 .replace("MIMIR", "dead");
         let p = d.display();

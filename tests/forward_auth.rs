@@ -766,3 +766,54 @@ async fn subnets_are_checked_against_the_client_the_proxy_names() {
     );
     t.gw.shutdown().await;
 }
+
+/// The proxy configurations the README shows are the files in docs/forward-auth/ (nginx's is
+/// the one tests/e2e_nginx.rs runs), and the YAML ones parse and ask obsgate's /auth.
+#[test]
+fn the_readme_shows_the_proxy_configurations_as_they_are() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for f in ["nginx.conf", "traefik.yaml", "envoy.yaml"] {
+        let text = std::fs::read_to_string(root.join("docs/forward-auth").join(f)).unwrap();
+        assert!(
+            readme.contains(&text),
+            "README.md does not show docs/forward-auth/{f} as it is"
+        );
+    }
+    let yaml = |f: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(root.join("docs/forward-auth").join(f)).unwrap();
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"))
+    };
+    let t = yaml("traefik.yaml");
+    let fa = &t["http"]["middlewares"]["obsgate-auth"]["forwardAuth"];
+    assert!(fa["address"].as_str().unwrap().ends_with("/auth"));
+    assert_eq!(fa["trustForwardHeader"], false);
+    assert_eq!(
+        fa["authResponseHeaders"],
+        serde_json::json!(["X-Scope-OrgID", "X-Prom-Label-Policy"])
+    );
+    let e = yaml("envoy.yaml");
+    let filters = &e["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"];
+    let names: Vec<&str> = filters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.header_mutation",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.router"
+        ],
+        "the client's label policies go before ext_authz appends obsgate's"
+    );
+    let authz = &filters[1]["typed_config"]["http_service"];
+    assert_eq!(authz["path_prefix"], "/auth");
+    assert_eq!(
+        authz["authorization_response"]["allowed_upstream_headers_to_append"]["patterns"][0]["exact"],
+        "x-prom-label-policy"
+    );
+}

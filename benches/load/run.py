@@ -25,7 +25,10 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 # "replicas" is the failover case: obsgate in front of three query_frontend replicas, one killed
 # "floor" is the bare hyper proxy (examples/floor_proxy.rs: same hyper, same runtime, no checks);
 # "caddy" is Debian's Caddy (reverse_proxy, GOMAXPROCS=1): what a Go gateway costs
-SIDE_BY_SIDE = ("direct", "floor", "obsgate", "nginx", "haproxy", "caddy")
+# "nginx_fa" is nginx + auth_request + obsgate forward-auth: nginx (1 worker) asks a second obsgate
+# (same config and policies, with forward_auth.listen) about every request, then proxies it itself;
+# its CPU is nginx's and that obsgate's together
+SIDE_BY_SIDE = ("direct", "floor", "obsgate", "nginx", "haproxy", "caddy", "nginx_fa")
 ONLY = set(filter(None, os.environ.get("ONLY", ",".join(SIDE_BY_SIDE + ("replicas",))).split(",")))
 if ONLY - set(SIDE_BY_SIDE + ("replicas",)):
     raise SystemExit(f"unknown ONLY names: {','.join(sorted(ONLY - set(SIDE_BY_SIDE + ('replicas',))))}")
@@ -202,9 +205,13 @@ def wrk(url, auth, rate=None, workload="query"):
     return r
 
 
-def measure(name, workload, url, auth, pids):
+def measure(name, workload, url, auth, pids, parts=None):
+    """parts: None, or a function giving {part: pids} (the processes of a contestant made of more
+    than one program); each part's CPU per request is kept as `<part>_us_per_req`."""
     res = {}
     for mode, rate in (("saturation", None), ("fixed", RATES[workload])):
+        part_pids = parts() if parts else {}
+        part_before = {k: cpu_ticks(v) for k, v in part_pids.items()}
         before = cpu_ticks(pids())
         perf = None
         if PERF and name == "obsgate" and rate is None:
@@ -220,16 +227,80 @@ def measure(name, workload, url, auth, pids):
         r["user_us_per_req"] = per_req(after[0] - before[0])
         r["sys_us_per_req"] = per_req(after[1] - before[1])
         r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
+        for k, v in part_pids.items():
+            a, b = part_before[k], cpu_ticks(v)
+            r[f"{k}_us_per_req"] = per_req(b[0] + b[1] - a[0] - a[1])
         res[mode] = r
         bad = "".join(f" [status {k} ×{v}]" for k, v in sorted(r["statuses"].items()))
+        split = "".join(f" {k} {r[f'{k}_us_per_req']:.1f}" for k in part_pids)
         print(f"{workload:5} {name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
-              f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f})  errors {r['errors']}{bad}", flush=True)
+              f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f}"
+              f"{';' + split if split else ''})  errors {r['errors']}{bad}", flush=True)
     return res
 
 
 WORK = tempfile.mkdtemp(prefix="obsgate-load-")
 RELOADS = [0]
+# nginx_fa: its obsgate's forward-auth decisions before and after the rounds ({(result, reason): n})
+# and the lines of nginx's error log (level warn and above)
+NGINX_FA = {}
 NGINX_BUFFERED = [None]  # pushes nginx wrote to a temporary file (its "buffered" warnings)
+
+
+def curl_status(url, headers, data=None):
+    """(status, {lower-case header: value}) of one GET (a POST of data if given) with curl."""
+    cmd = ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "5", url] + (["--data-binary", data] if data else [])
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    lines = out.replace("\r", "").split("\n")
+    m = re.match(r"HTTP/\S+ (\d+)", lines[0]) if lines else None
+    hdrs = {}
+    for l in lines[1:]:
+        if ":" in l:
+            k, v = l.split(":", 1)
+            hdrs[k.strip().lower()] = v.strip()
+    return (int(m.group(1)) if m else None), hdrs
+
+
+def check_forward_auth(fa, nfa, auth):
+    """Before the rounds, fail loudly unless the bench token is allowed by the forward-auth
+    listener for every workload's request (200 with X-Scope-OrgID: bench, and a label policy for a
+    read), is
+    refused without a token, and nginx_fa answers 200 with the token and 401 without."""
+    problems = []
+    for w in WORKLOADS:
+        method = "POST" if w == "push" else "GET"
+        q = {"X-Original-Method": method, "X-Original-URI": PATHS[w]}
+        st, h = curl_status(f"http://127.0.0.1:{fa}/auth", dict(q, Authorization=auth))
+        print(f"nginx_fa check: forward-auth {method} {PATHS[w]} with the bench token: {st}, "
+              f"X-Scope-OrgID {h.get('x-scope-orgid')!r}, X-Prom-Label-Policy-1 {h.get('x-prom-label-policy-1')!r}", flush=True)
+        # a read carries the token's label policy; a push does not (label policies restrict reads)
+        if st != 200 or h.get("x-scope-orgid") != "bench" or (w == "query" and not h.get("x-prom-label-policy-1")):
+            problems.append(f"forward-auth {method} {PATHS[w]} with the bench token answered {st} {h}")
+        st, _ = curl_status(f"http://127.0.0.1:{fa}/auth", q)
+        print(f"nginx_fa check: forward-auth {method} {PATHS[w]} without a token: {st}", flush=True)
+        if st != 401:
+            problems.append(f"forward-auth {method} {PATHS[w]} without a token answered {st}, not 401")
+    for w in WORKLOADS:
+        method, data = ("POST", "0123456789abcdef" * 64) if w == "push" else ("GET", None)
+        st, _ = curl_status(f"http://127.0.0.1:{nfa}{PATHS[w]}", {"Authorization": auth}, data)
+        st_none, _ = curl_status(f"http://127.0.0.1:{nfa}{PATHS[w]}", {}, data)
+        print(f"nginx_fa check: {method} {PATHS[w]} through nginx_fa with the bench token: {st}, without: {st_none}", flush=True)
+        if st != 200 or st_none != 401:
+            problems.append(f"nginx_fa answered {method} {PATHS[w]} with {st} (token) and {st_none} (no token): want 200 and 401")
+    if problems:
+        raise SystemExit("nginx_fa: the forward-auth decision is not what the bench needs:\n  " + "\n  ".join(problems))
+
+
+def fa_decisions(port):
+    """{(result, reason): count} of obsgate_auth_decisions_total{mode="forward_auth"}."""
+    out = {}
+    for l, v in metric(port, "obsgate_auth_decisions_total") or []:
+        if l.get("mode") == "forward_auth":
+            k = (l.get("result"), l.get("reason"))
+            out[k] = out.get(k, 0) + int(v)
+    return out
 
 
 def median_of(runs):
@@ -260,7 +331,8 @@ def main():
     # up: the query upstream (nginx `return 200`); sink: the push upstream (push_sink); fl and flp:
     # the floor for queries and the floor for pushes (one upstream each, so that the floor routes
     # nothing); every other contestant routes PUSH_PATH to the sink and the rest to up
-    up, nx, ha, gw, fl, cd, sink, flp = (free_port() for _ in range(8))
+    # nfa: nginx_fa's nginx; fa and gwfa: its obsgate's forward-auth and (unused) proxy listeners
+    up, nx, ha, gw, fl, cd, sink, flp, nfa, fa, gwfa = (free_port() for _ in range(11))
     temps = " ".join(f"{d}_temp_path {WORK}/tmp/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     with open(f"{WORK}/up.conf", "w") as f:
         f.write(f"worker_processes 1; daemon off; pid {WORK}/up.pid; error_log {WORK}/up-error.log;\n"
@@ -280,6 +352,31 @@ def main():
                 f"  server {{ listen 127.0.0.1:{nx}; client_max_body_size 64m;\n"
                 f"    location = {PUSH_PATH} {{ proxy_pass http://sink; {keep} proxy_request_buffering off; }}\n"
                 f"    location / {{ proxy_pass http://up; {keep} }} }} }}\n")
+    # nginx_fa: nginx + auth_request + obsgate forward-auth, tests/e2e_nginx.rs's RECIPE without the
+    # error_page recipe (a denial would be nginx's 500 here, and every request must be allowed):
+    # one auth subrequest per request (no body), to obsgate's forward-auth listener over keepalive;
+    # nginx copies the tenant and the label policies (numbered_label_policies: 4) upstream and drops
+    # the client's Authorization; pushes are streamed (proxy_request_buffering off), as for nginx
+    auth_loc = (f"location = /_obsgate_auth {{ internal; proxy_pass http://obsgate_auth/auth; {keep}\n"
+                "      proxy_pass_request_body off; proxy_set_header Content-Length \"\";\n"
+                "      proxy_set_header X-Original-Method $request_method; proxy_set_header X-Original-URI $request_uri;\n"
+                "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }\n")
+    fa_headers = ("auth_request /_obsgate_auth; auth_request_set $obsgate_tenant $upstream_http_x_scope_orgid;\n"
+                  + "".join(f"      auth_request_set $obsgate_lp{i} $upstream_http_x_prom_label_policy_{i};\n" for i in range(1, 5))
+                  + "      proxy_set_header X-Scope-OrgID $obsgate_tenant;\n"
+                  + "".join(f"      proxy_set_header X-Prom-Label-Policy $obsgate_lp{i};\n" for i in range(1, 5))
+                  + f"      proxy_headers_hash_bucket_size 256; proxy_set_header Authorization \"\"; {keep}")
+    with open(f"{WORK}/nfa.conf", "w") as f:
+        f.write(f"worker_processes 1; daemon off; pid {WORK}/nfa.pid; error_log {WORK}/nfa-error.log warn;\n"
+                f"events {{ worker_connections 4096; }}\n"
+                f"http {{ access_log off; {temps}\n"
+                f"  upstream obsgate_auth {{ server 127.0.0.1:{fa}; keepalive 16; }}\n"
+                f"  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
+                f"  upstream sink {{ server 127.0.0.1:{sink}; keepalive 64; }}\n"
+                f"  server {{ listen 127.0.0.1:{nfa}; client_max_body_size 64m;\n"
+                f"    {auth_loc}"
+                f"    location = {PUSH_PATH} {{ {fa_headers} proxy_pass http://sink; proxy_request_buffering off; }}\n"
+                f"    location / {{ {fa_headers} proxy_pass http://up; }} }} }}\n")
     # haproxy streams request bodies unless `option http-buffer-request` is set (it is not)
     with open(f"{WORK}/ha.cfg", "w") as f:
         f.write(f"global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n"
@@ -309,6 +406,13 @@ def main():
                 f"backends:\n  metrics:\n    kind: mimir\n    url: \"http://127.0.0.1:{up}\"\n"
                 f"    components:\n      distributor: {{ url: \"http://127.0.0.1:{sink}\" }}\n"
                 f"lbac:\n  mode: header\nlog:\n  level: warn\n")
+    # nginx_fa's obsgate: the same config and policies (reloaded every second as well), plus the
+    # forward-auth listener; its proxy listener (gwfa) carries no traffic, only /metrics
+    with open(f"{WORK}/gateway.yaml") as f:
+        gateway_yaml = f.read()
+    with open(f"{WORK}/gateway-fa.yaml", "w") as f:
+        f.write(gateway_yaml.replace(f"127.0.0.1:{gw}\"", f"127.0.0.1:{gwfa}\"", 1)
+                + f"forward_auth:\n  listen: \"127.0.0.1:{fa}\"\n  numbered_label_policies: 4\n")
     auth = "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()
 
     results = {}
@@ -340,6 +444,7 @@ def main():
                 procs.append(g)
                 wait_port(gw)
                 add("obsgate", {"query": gw, "push": gw}, auth, lambda: [g.pid])
+            if ONLY & {"obsgate", "nginx_fa"}:
                 # a policy reload every second for the whole run (rename-over, as editors do)
                 def reload_every_second():
                     text = open(f"{WORK}/policies.yaml").read()
@@ -375,32 +480,59 @@ def main():
                 procs.append(h)
                 wait_port(ha)
                 add("haproxy", {"query": ha, "push": ha}, auth, lambda: [h.pid])
+            if "nginx_fa" in ONLY:
+                env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+                gfa = start([OBSGATE, "serve", "--config", f"{WORK}/gateway-fa.yaml"], log, env=env)
+                procs.append(gfa)
+                wait_port(fa)
+                wait_port(gwfa)
+                t = subprocess.run(["nginx", "-t", "-c", f"{WORK}/nfa.conf", "-p", WORK], capture_output=True, text=True)
+                if t.returncode or "[warn]" in t.stderr or "[emerg]" in t.stderr:
+                    raise SystemExit(f"nginx_fa: nginx -t refused or warned about {WORK}/nfa.conf:\n{t.stderr}")
+                nf = start(["nginx", "-c", f"{WORK}/nfa.conf", "-p", WORK], log)
+                procs.append(nf)
+                wait_port(nfa)
+                check_forward_auth(fa, nfa, auth)
+                NGINX_FA["before"] = fa_decisions(gwfa)
+                add("nginx_fa", {"query": nfa, "push": nfa}, auth, lambda: family(nf.pid) + [gfa.pid])
+                for w in WORKLOADS:
+                    targets[w]["nginx_fa"] += (lambda: {"nginx": family(nf.pid), "obsgate": [gfa.pid]},)
             names = [n for n in SIDE_BY_SIDE if n in ONLY]
             rounds = {w: {n: [] for n in names if n in targets[w]} for w in WORKLOADS}
             for r in range(REPEAT):
                 print(f"-- round {r + 1}/{REPEAT}", flush=True)
                 for w in WORKLOADS:
                     for name in rounds[w]:
-                        url, a, pids = targets[w][name]
-                        rounds[w][name].append(measure(name, w, url, a, pids))
+                        url, a, pids, *parts = targets[w][name]
+                        rounds[w][name].append(measure(name, w, url, a, pids, *parts))
             stop.set()
             if "obsgate" in ONLY:
                 metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"],
                                          capture_output=True, text=True).stdout
                 m = re.search(r'^obsgate_store_reloads_total\{result="success"\} (\d+)', metrics, re.M)
                 RELOADS[0] = int(m.group(1)) - 1 if m else 0
+            if "nginx_fa" in ONLY:
+                NGINX_FA["after"] = fa_decisions(gwfa)
             results = {w: {name: median_of(rs) for name, rs in rounds[w].items()} for w in WORKLOADS}
         finally:
             stop.set()
             for p in procs:
                 stop_proc(p)
             log.close()
-        if "nginx" in ONLY and "push" in WORKLOADS:
+        for nginx_name, log_name in (("nginx", "nx"), ("nginx_fa", "nfa")):
+            if nginx_name in ONLY and "push" in WORKLOADS:
+                try:
+                    # a spooled body logs "buffered to a temporary file", or (its worker cannot enter
+                    # WORK, which is root's and 0700) an open() of WORK/tmp/client_body/... failing
+                    with open(f"{WORK}/{log_name}-error.log", errors="replace") as f:
+                        NGINX_BUFFERED[0] = (NGINX_BUFFERED[0] or 0) + sum(
+                            1 for l in f if "buffered to a temporary file" in l or "client_body/" in l)
+                except OSError:
+                    pass
+        if "nginx_fa" in ONLY:
             try:
-                # a spooled body logs "buffered to a temporary file", or (its worker cannot enter
-                # WORK, which is root's and 0700) an open() of WORK/tmp/client_body/... failing
-                with open(f"{WORK}/nx-error.log", errors="replace") as f:
-                    NGINX_BUFFERED[0] = sum(1 for l in f if "buffered to a temporary file" in l or "client_body/" in l)
+                with open(f"{WORK}/nfa-error.log", errors="replace") as f:
+                    NGINX_FA["log"] = [l.rstrip() for l in f if l.strip()]
             except OSError:
                 pass
     replicas = run_replicas(auth, temps) if "replicas" in ONLY else None
@@ -663,6 +795,31 @@ def target_lines(w, res):
     return out
 
 
+def nginx_fa_lines(w, res):
+    """nginx_fa against obsgate alone (and nginx alone): CPU per request at saturation, its split
+    between nginx and obsgate, p99 at the fixed rate; and the forward-auth decisions counted."""
+    fa = res.get("nginx_fa")
+    if not fa:
+        return [f"- {w}: nginx_fa not measured"]
+    s, f = fa["saturation"], fa["fixed"]
+    tot, ng, og = s["cpu_us_per_req"], s.get("nginx_us_per_req", float("nan")), s.get("obsgate_us_per_req", float("nan"))
+    line = (f"- {w}: nginx_fa CPU/req {tot:.1f} µs (user {s['user_us_per_req']:.1f}, sys {s['sys_us_per_req']:.1f}) = "
+            f"nginx {ng:.1f} ({100 * ng / tot:.0f}%) + obsgate forward-auth {og:.1f} ({100 * og / tot:.0f}%)")
+    alone = res.get("obsgate", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+    if finite(tot, alone):
+        line += f"; = {tot / alone:.2f}× obsgate alone's {alone:.1f} µs"
+    nx = res.get("nginx", {}).get("saturation", {}).get("cpu_us_per_req", float("nan"))
+    if finite(tot, nx):
+        line += f"; = {tot / nx:.2f}× nginx alone's {nx:.1f} µs (the auth subrequest adds {tot - nx:.1f} µs)"
+    out = [line]
+    op = res.get("obsgate", {}).get("fixed", {}).get("p99", float("nan"))
+    out.append(f"- {w}: at ≈{RATES[w]} req/s: nginx_fa p99 {f['p99']:.3f} ms"
+               + (f", obsgate alone {op:.3f} ms" if finite(op) else "")
+               + f"; req/s at saturation: nginx_fa {s['rps']:.0f}"
+               + (f", obsgate alone {res['obsgate']['saturation']['rps']:.0f}" if "obsgate" in res else ""))
+    return out
+
+
 def workload_lines(w, res):
     if w == "query":
         head = [f"### Query: `GET {PATH}`",
@@ -694,6 +851,12 @@ def workload_lines(w, res):
             lines.append(f"| {name} | {label} | {x['rps']:.0f} | {x['p50']:.3f} | {x['p99']:.3f} | "
                          f"{us('cpu_us_per_req')} | {us('user_us_per_req')} | {us('sys_us_per_req')} | {x['errors']} |")
     notes = []
+    if "nginx_fa" in res:
+        x = res["nginx_fa"]
+        notes.append("nginx_fa = nginx + auth_request + obsgate forward-auth; its CPU is both together (medians of "
+                     "each part, so the parts need not add up exactly): "
+                     + "; ".join(f"{m} nginx {x[m].get('nginx_us_per_req', float('nan')):.1f} + obsgate "
+                                 f"{x[m].get('obsgate_us_per_req', float('nan')):.1f} µs/req" for m in ("saturation", "fixed")) + ".")
     if w == "push" and NGINX_BUFFERED[0] is not None:
         notes.append("nginx spooled no request body to a temporary file (no such line in its error log)."
                      if NGINX_BUFFERED[0] == 0 else
@@ -726,7 +889,8 @@ def report(results, replicas=None):
             "(glc token, realm, scope, subnet, LBAC header mode) with a policy reload every second. The floor is",
             "examples/floor_proxy.rs: a bare hyper proxy with obsgate's hyper, hyper-util, runtime and allocator",
             "(mimalloc), no checks; it keeps hyper-util's pooled legacy client, where obsgate has its own HTTP/1 pool.",
-            "Proxy CPU µs/req = the proxy's user+sys time from /proc ÷ requests; failed = non-200 responses (push)",
+            "Proxy CPU µs/req = the proxy's user+sys time from /proc ÷ requests (nginx_fa: nginx's master and worker",
+            "plus the forward-auth obsgate, all on core 1); failed = non-200 responses (push)",
             "or statuses > 399 (query), plus wrk socket errors.",
         ]
         for w, res in results.items():
@@ -734,8 +898,29 @@ def report(results, replicas=None):
         lines += ["", "Targets (CPU per request at saturation; p99 at the fixed rate):", ""]
         for w, res in results.items():
             lines += target_lines(w, res)
+        if "nginx_fa" in ONLY:
+            lines += ["", "nginx + auth_request + obsgate forward-auth (nginx_fa) against obsgate alone (no target):", ""]
+            for w, res in results.items():
+                lines += nginx_fa_lines(w, res)
         if "obsgate" in ONLY:
             lines += ["", f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
+        if "nginx_fa" in ONLY and "after" in NGINX_FA:
+            b, a = NGINX_FA.get("before", {}), NGINX_FA["after"]
+            d = {k: a.get(k, 0) - b.get(k, 0) for k in set(a) | set(b)}
+            sent = sum(x[m]["requests"] for res in results.values() if "nginx_fa" in res
+                       for x in (res["nginx_fa"],) for m in x)
+            allowed = sum(v for (result, _), v in d.items() if result == "allow")
+            other = {k: v for k, v in d.items() if k[0] != "allow" and v}
+            lines += ["", f"nginx_fa's obsgate decided {allowed} forward-auth questions \"allow\" during the rounds "
+                      f"(wrk counted {sent} completed requests to nginx_fa; requests still in flight when wrk stops "
+                      "are asked but not counted by wrk)"
+                      + (": other decisions " + ", ".join(f"{r}/{why} ×{v}" for (r, why), v in sorted(other.items())) + "."
+                         if other else ", and nothing else.")]
+            log_ = NGINX_FA.get("log", [])
+            lines.append(f"nginx_fa's nginx error log (warn and above): {len(log_)} lines"
+                         + (", the first ones:" if log_ else "."))
+            if log_:
+                lines += ["", "```"] + [l[:300] for l in log_[:8]] + ["```"]
     if replicas is not None:
         lines += ([""] if lines else []) + replicas_lines(replicas)
     md = "\n".join(lines) + "\n"

@@ -2,7 +2,9 @@
 # Side-by-side load benchmark: the same upstream reached directly, through the bare hyper proxy
 # (examples/floor_proxy.rs, no checks: the floor), through obsgate (full checks), through nginx
 # proxy_pass (keepalive), through haproxy (http-reuse) and through Caddy (reverse_proxy,
-# GOMAXPROCS=1). Two workloads, measured in the same interleaved rounds:
+# GOMAXPROCS=1), and through nginx + auth_request asking a second obsgate's forward-auth listener
+# (nginx_fa: its CPU is nginx's and that obsgate's together). Two workloads, measured in the same
+# interleaved rounds:
 #   query: GET /prometheus/api/v1/query?query=up, upstream nginx `return 200`;
 #   push:  POST /api/v1/push with a 256 KiB body, upstream examples/push_sink.rs (reads the whole
 #          body, then 200, like a Mimir distributor); nobody buffers the body (nginx
@@ -15,7 +17,7 @@
 #   bash benches/load/run.sh   (DURATION=10 RATE=4000 CONNECTIONS=32 REPEAT=3 ONLY=obsgate,nginx PERF=1)
 #   WORKLOAD=query|push|both (default both) picks the workloads; RATE is the query's fixed rate and
 #   PUSH_RATE (default 1000) the push's, in requests/s. ONLY names targets: direct, floor, obsgate,
-#   nginx, haproxy, caddy, replicas. PERF=1 writes obsgate.perf.data (query), obsgate-push.perf.data.
+#   nginx, haproxy, caddy, nginx_fa, replicas. PERF=1 writes obsgate.perf.data (query), obsgate-push.perf.data.
 #   ONLY=replicas bash benches/load/run.sh   (REPLICAS_RATE=4000 for a fixed rate instead of saturation)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -74,18 +74,20 @@ fn bad(message: impl Into<String>) -> Failure {
 
 const MISSING: &str = "missing the original request: send X-Original-Method and X-Original-URI (nginx), X-Forwarded-Method and X-Forwarded-Uri (Traefik), or ask /auth/<original path> with the original method (Envoy)";
 
-/// The headers of the two header forms, in the order of [`FormHeaders`]' slots.
-const FORM_HEADERS: [&str; 4] = [
+/// The headers of the two header forms, in the order of [`FormHeaders`]' slots, and the
+/// client's tenant header (read by the decision: it must not be ambiguous either).
+const FORM_HEADERS: [&str; 5] = [
     "x-original-method",
     "x-original-uri",
     "x-forwarded-method",
     "x-forwarded-uri",
+    "x-scope-orgid",
 ];
 
 /// The form headers of a question, found in one pass over its headers (four hashed lookups of
 /// custom header names cost more than the pass), each with whether it came more than once.
 #[derive(Default)]
-struct FormHeaders<'h>([(Option<&'h HeaderValue>, bool); 4]);
+struct FormHeaders<'h>([(Option<&'h HeaderValue>, bool); 5]);
 
 impl<'h> FormHeaders<'h> {
     fn scan(headers: &'h HeaderMap) -> FormHeaders<'h> {
@@ -96,6 +98,7 @@ impl<'h> FormHeaders<'h> {
                 "x-original-uri" => 1,
                 "x-forwarded-method" => 2,
                 "x-forwarded-uri" => 3,
+                "x-scope-orgid" => 4,
                 _ => continue,
             };
             let slot = &mut f.0[i];
@@ -233,6 +236,13 @@ fn read_forms<'q>(
     only: Option<Form>,
 ) -> Result<Original<'q>, Failure> {
     let found = FormHeaders::scan(headers);
+    // The decision reads the first X-Scope-OrgID; a proxy that replaces only the first one
+    // (Envoy's allowed_upstream_headers) would send the backend a second, unchecked one.
+    if found.0[4].1 {
+        return Err(bad(
+            "x-scope-orgid is given more than once: name several tenants in one value, a|b",
+        ));
+    }
     let read = |form: Form, first: usize| {
         if only.is_none_or(|o| o == form) {
             header_form(&found, form, first)
@@ -765,6 +775,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("given more than once"), "{e}");
+    }
+
+    #[test]
+    fn two_tenant_headers_are_refused() {
+        let e = read(
+            Method::GET,
+            "/auth/prometheus/api/v1/query",
+            &[("x-scope-orgid", "team-a"), ("x-scope-orgid", "team-b")],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("400 x-scope-orgid is given more than once"),
+            "{e}"
+        );
+        assert!(
+            read(
+                Method::GET,
+                "/auth/prometheus/api/v1/query",
+                &[("x-scope-orgid", "team-a|team-b")]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
