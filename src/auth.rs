@@ -109,14 +109,15 @@ fn walk(
 ) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     let mut current = peer;
-    // all X-Forwarded-For headers, in order, form one list, walked from its end
+    // all X-Forwarded-For headers, in order, form one list, walked from its end. Split as
+    // bytes: a proxy appends the client's address to whatever the client sent in the same
+    // header, so a value with a non-ASCII byte on its left must not hide it.
     let entries = xff
         .iter()
         .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','));
+        .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','));
     for e in entries {
-        let Some(ip) = parse_xff_entry(e) else {
+        let Some(ip) = std::str::from_utf8(e).ok().and_then(parse_xff_entry) else {
             return current;
         };
         let ip = canonical(ip);
@@ -350,6 +351,26 @@ mod tests {
         assert_eq!(
             forward_auth_client_ip(peer, &HeaderMap::new(), &trusted),
             peer
+        );
+    }
+
+    #[test]
+    fn a_non_ascii_entry_left_of_the_proxys_does_not_hide_the_client() {
+        // nginx's $proxy_add_x_forwarded_for: "<what the client sent>, <client address>"
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut m = HeaderMap::new();
+        m.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff10.1.1.1, 203.0.113.9").unwrap(),
+        );
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &m, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            forward_auth_client_ip(peer, &m, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
         );
     }
 

@@ -142,10 +142,16 @@ fn recipe() -> String {
     ))
     .unwrap();
     let server = &text[text.find("server {").expect("a server block")..];
-    assert!(server.contains("listen 80;") && server.contains("proxy_pass http://mimir;"));
+    assert!(
+        server.contains("listen 80;")
+            && server.contains("proxy_pass http://mimir;")
+            && server.contains("proxy_pass http://loki;")
+    );
+    // both backends are the recording upstream here (or the dead one)
     server
         .replace("listen 80;", "listen 127.0.0.1:NGXPORT;")
         .replace("proxy_pass http://mimir;", "proxy_pass http://MIMIR;")
+        .replace("proxy_pass http://loki;", "proxy_pass http://MIMIR;")
 }
 
 /// The same without the error_page recipe: every auth status but 2xx/401/403 is nginx's 500.
@@ -714,7 +720,11 @@ async fn nginx_auth_request_with_obsgate_forward_auth_header_mode() {
     assert_eq!(values(&seen, "x-scope-orgid"), ["team-a"]);
     assert_eq!(values(&seen, "content-encoding"), ["snappy"]);
     let q = st.tap.since(asked);
-    assert_eq!(q.matches("get /auth http/1.1\r\n").count(), 1, "{q}");
+    assert_eq!(
+        q.matches("get /auth/-/metrics http/1.1\r\n").count(),
+        1,
+        "{q}"
+    );
     assert!(q.contains("\r\nx-original-method: post\r\n"), "{q}");
     assert!(q.contains("\r\nx-original-uri: /api/v1/push\r\n"), "{q}");
     assert!(q.contains("\r\nx-forwarded-for: 127.0.0.2\r\n"), "{q}");

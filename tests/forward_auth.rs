@@ -257,7 +257,11 @@ type Case<'a> = (
 #[tokio::test]
 async fn every_decision_matches_the_data_plane() {
     // throttling off: this test fails many authentications on purpose
-    let t = start("auth_throttle:\n  burst: 0\n", "").await;
+    let t = start(
+        "auth_throttle:\n  burst: 0\n",
+        "  numbered_label_policies: 4",
+    )
+    .await;
     let c = client();
     let malformed = "glc_not-base64!";
     let cases: Vec<Case> = vec![
@@ -786,7 +790,7 @@ fn the_readme_shows_the_proxy_configurations_as_they_are() {
     };
     let t = yaml("traefik.yaml");
     let fa = &t["http"]["middlewares"]["obsgate-auth"]["forwardAuth"];
-    assert!(fa["address"].as_str().unwrap().ends_with("/auth"));
+    assert!(fa["address"].as_str().unwrap().ends_with("/auth/-/metrics"));
     assert_eq!(fa["trustForwardHeader"], false);
     assert_eq!(
         fa["authResponseHeaders"],
@@ -811,9 +815,176 @@ fn the_readme_shows_the_proxy_configurations_as_they_are() {
         "the client's label policies go before ext_authz appends obsgate's"
     );
     let authz = &filters[1]["typed_config"]["http_service"];
-    assert_eq!(authz["path_prefix"], "/auth");
+    assert_eq!(authz["path_prefix"], "/auth/-/metrics");
     assert_eq!(
         authz["authorization_response"]["allowed_upstream_headers_to_append"]["patterns"][0]["exact"],
         "x-prom-label-policy"
     );
+}
+
+/// The proxy names the backend it forwards to (`/auth/-/<backend>`): that backend's routes
+/// judge, so a path another backend also serves is not judged by the wrong table.
+#[tokio::test]
+async fn the_question_can_name_the_backend() {
+    let t = start("", "").await;
+    let c = client();
+    // pol-rw holds metrics:write and logs:write; "ro" only reads
+    let rw = basic("team-a", &tok("rw"));
+    let ask = |fa: SocketAddr, path: &str, method: &str, uri: &str, auth: &str| {
+        Request::get(format!("http://{fa}{path}"))
+            .header("x-original-method", method)
+            .header("x-original-uri", uri)
+            .header("authorization", auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // /api/prom/push is a Mimir route: judged by the metrics table it is allowed, by the logs
+    // table (a proxy forwarding it to Loki) it is no route at all
+    assert_eq!(
+        send(&c, ask(t.fa(), "/auth", "POST", "/api/prom/push", &rw))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(
+            &c,
+            ask(t.fa(), "/auth/-/metrics", "POST", "/api/prom/push", &rw)
+        )
+        .await
+        .status,
+        200
+    );
+    let r = send(
+        &c,
+        ask(t.fa(), "/auth/-/logs", "POST", "/api/prom/push", &rw),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.error());
+    let r = send(
+        &c,
+        ask(t.fa(), "/auth/-/logs", "POST", "/loki/api/v1/push", &rw),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    // a backend that is not configured, or not a backend
+    let r = send(&c, ask(t.fa(), "/auth/-/traces", "GET", "/api/search", &rw)).await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.error().contains("backend traces is not configured"),
+        "{}",
+        r.error()
+    );
+    assert_eq!(
+        send(&c, ask(t.fa(), "/auth/-/nope", "GET", "/api/search", &rw))
+            .await
+            .status,
+        404
+    );
+    // the Envoy form with a named backend: path_prefix /auth/-/logs
+    let req = Request::post(format!("http://{}/auth/-/logs/loki/api/v1/push", t.fa()))
+        .header("authorization", rw.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.status, 200);
+    let req = Request::post(format!("http://{}/auth/-/logs/api/v1/push", t.fa()))
+        .header("authorization", rw.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.status, 404);
+    t.gw.shutdown().await;
+
+    // a listener fixed to one backend refuses questions naming another
+    let t = start("", "  backend: metrics").await;
+    let r = send(
+        &c,
+        ask(t.fa(), "/auth/-/logs", "POST", "/loki/api/v1/push", &rw),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.error().contains("forward_auth.backend"), "{}", r.error());
+    assert_eq!(
+        send(
+            &c,
+            ask(t.fa(), "/auth/-/metrics", "POST", "/api/v1/push", &rw)
+        )
+        .await
+        .status,
+        200
+    );
+    t.gw.shutdown().await;
+}
+
+/// nginx copies one value per header name: a restricted read asked in nginx's form without
+/// numbered copies configured is refused, not answered with values nginx would drop.
+#[tokio::test]
+async fn nginx_questions_need_numbered_copies_for_label_policies() {
+    let t = start("", "").await;
+    let c = client();
+    let lbac = basic("team-a", &tok("lbac"));
+    let r = send(
+        &c,
+        nginx_q(
+            t.fa(),
+            "GET",
+            "/prometheus/api/v1/query?query=up",
+            &[("authorization", &lbac)],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.error().contains("numbered_label_policies"),
+        "{}",
+        r.error()
+    );
+    // Traefik copies every value: answered
+    let req = Request::get(format!("http://{}/auth", t.fa()))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/prometheus/api/v1/query?query=up")
+        .header("authorization", lbac.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    assert_eq!(values(&r.headers, "x-prom-label-policy").len(), 1);
+    // unrestricted reads in nginx's form are fine
+    let r = send(
+        &c,
+        nginx_q(
+            t.fa(),
+            "GET",
+            "/prometheus/api/v1/query?query=up",
+            &[("authorization", &basic("team-a", &tok("ro")))],
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    t.gw.shutdown().await;
+}
+
+/// A question asked again only to hand on a refusal (`X-Obsgate-Explain`) is never answered
+/// 200: the proxy would give the client an empty success and forward nothing.
+#[tokio::test]
+async fn a_second_question_for_a_refusal_is_never_a_200() {
+    let t = start("", "").await;
+    let c = client();
+    let explain = |auth: &str| {
+        nginx_q(
+            t.fa(),
+            "GET",
+            "/prometheus/api/v1/query?query=up",
+            &[("authorization", auth), ("x-obsgate-explain", "1")],
+        )
+    };
+    let r = send(&c, explain(&basic("team-a", &tok("ro")))).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
+    assert_eq!(r.json()["errorType"], "unavailable");
+    // refusals are answered as they are
+    let r = send(&c, explain(&basic("team-b", &tok("ro")))).await;
+    assert_eq!(r.status, 403);
+    let r = send(&c, explain(&basic("team-a", &glc("test", "nobody")))).await;
+    assert_eq!(r.status, 401);
+    t.gw.shutdown().await;
 }

@@ -897,6 +897,13 @@ fn forward_auth(
         }
         n.value
     });
+    if raw.form == ForwardAuthForm::Nginx && numbered == 0 {
+        errors.push(FileError::at(
+            path,
+            &loc,
+            "forward_auth.form nginx needs numbered_label_policies (e.g. 4): nginx copies one value per header name, so a token with label policies would reach the backend without them",
+        ));
+    }
     (errors.len() == before).then_some(ForwardAuthConfig {
         listen,
         backend,
@@ -1082,8 +1089,13 @@ cache:
         let fa = c.forward_auth.unwrap();
         assert_eq!((fa.backend, fa.numbered_label_policies), (None, 0));
         assert_eq!(fa.form, ForwardAuthForm::Auto);
-        let c = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: nginx\n").unwrap();
+        let c = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: nginx\n  numbered_label_policies: 2\n").unwrap();
         assert_eq!(c.forward_auth.unwrap().form, ForwardAuthForm::Nginx);
+        let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: nginx\n").unwrap_err();
+        assert!(
+            e.to_string().contains("needs numbered_label_policies"),
+            "{e}"
+        );
         let e = p("forward_auth:\n  listen: \"127.0.0.1:8090\"\n  form: haproxy\n").unwrap_err();
         assert_eq!(e.0[0].line, 3, "{e}");
 

@@ -18,7 +18,7 @@
 
 use super::{AuditCtx, Enforcement, Failure, Gateway, authorize, count, deny, lbac_failure};
 use crate::auth;
-use crate::config::ForwardAuthForm;
+use crate::config::{BackendSlot, ForwardAuthForm};
 use crate::route::{self, RouteMatch};
 use crate::telemetry::Mode;
 use crate::wire::{Body, Conn, empty};
@@ -55,6 +55,11 @@ impl Form {
 /// The request the proxy asks about, borrowed from the question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Original<'q> {
+    /// The backend the question names (`/auth/-/<backend>…`): its route table alone.
+    pub backend: Option<BackendSlot>,
+    /// The question carries `X-Obsgate-Explain` (a second question asked only to hand on a
+    /// refusal): never answered 200.
+    pub explain: bool,
     pub method: Method,
     /// The path as the client sent it (what the route tables match).
     pub path: &'q str,
@@ -76,18 +81,19 @@ const MISSING: &str = "missing the original request: send X-Original-Method and 
 
 /// The headers of the two header forms, in the order of [`FormHeaders`]' slots, and the
 /// client's tenant header (read by the decision: it must not be ambiguous either).
-const FORM_HEADERS: [&str; 5] = [
+const FORM_HEADERS: [&str; 6] = [
     "x-original-method",
     "x-original-uri",
     "x-forwarded-method",
     "x-forwarded-uri",
     "x-scope-orgid",
+    "x-obsgate-explain",
 ];
 
 /// The form headers of a question, found in one pass over its headers (four hashed lookups of
 /// custom header names cost more than the pass), each with whether it came more than once.
 #[derive(Default)]
-struct FormHeaders<'h>([(Option<&'h HeaderValue>, bool); 5]);
+struct FormHeaders<'h>([(Option<&'h HeaderValue>, bool); 6]);
 
 impl<'h> FormHeaders<'h> {
     fn scan(headers: &'h HeaderMap) -> FormHeaders<'h> {
@@ -99,6 +105,7 @@ impl<'h> FormHeaders<'h> {
                 "x-forwarded-method" => 2,
                 "x-forwarded-uri" => 3,
                 "x-scope-orgid" => 4,
+                "x-obsgate-explain" => 5,
                 _ => continue,
             };
             let slot = &mut f.0[i];
@@ -182,6 +189,8 @@ fn header_form<'h>(found: &FormHeaders<'h>, form: Form, first: usize) -> Result<
         (Some(m), Some(u)) => {
             let (path, query) = target(uri_name, u)?;
             Read::Complete(Original {
+                backend: None,
+                explain: false,
                 method: method(method_name, m)?,
                 path,
                 query,
@@ -202,6 +211,17 @@ pub fn original<'q>(
 ) -> Option<Result<Original<'q>, Failure>> {
     let path = uri.path();
     let rest = path.strip_prefix(AUTH_PATH)?;
+    // `/auth/-/<backend>`: the proxy names the backend it forwards to (no route starts `/-/`)
+    let (backend, rest) = match rest.strip_prefix("/-/") {
+        Some(r) => {
+            let end = r.find('/').unwrap_or(r.len());
+            let slot = BackendSlot::ALL
+                .into_iter()
+                .find(|s| s.as_str() == &r[..end])?;
+            (Some(slot), &r[end..])
+        }
+        None => (None, rest),
+    };
     // a fixed form: /auth/<path> is Envoy's alone, /auth the header forms'
     match only {
         Some(Form::Envoy) if rest.is_empty() => return None,
@@ -218,6 +238,8 @@ pub fn original<'q>(
     } else if rest.starts_with('/') {
         // hyper parsed the question's target: the path and query are the original's
         Some(Original {
+            backend: None,
+            explain: false,
             method: method.clone(),
             path: rest,
             query: uri.query(),
@@ -227,7 +249,10 @@ pub fn original<'q>(
         // `/authx`: not ours
         return None;
     };
-    Some(read_forms(envoy, headers, only))
+    Some(read_forms(envoy, headers, only).map(|mut o| {
+        o.backend = backend;
+        o
+    }))
 }
 
 fn read_forms<'q>(
@@ -282,7 +307,9 @@ fn read_forms<'q>(
             },
         }
     }
-    first.ok_or_else(|| half.unwrap_or_else(|| bad(MISSING)))
+    let mut first = first.ok_or_else(|| half.unwrap_or_else(|| bad(MISSING)))?;
+    first.explain = found.0[5].0.is_some();
+    Ok(first)
 }
 
 /// Every question on the forward-auth listener (after the gateway's own endpoints).
@@ -343,16 +370,35 @@ pub fn answer(
         Some(Ok(o)) => o,
     };
     let path = orig.path;
+    // the backend whose table judges: the one the question names, else the listener's
+    let backend = match (backend, orig.backend) {
+        (Some(mine), Some(named)) if mine != named => {
+            let r = Failure::NotFound(format!(
+                "this forward-auth listener judges requests for backend {} only (forward_auth.backend), not {}",
+                mine.as_str(),
+                named.as_str()
+            ))
+            .into_response();
+            count(gw, mode, "none", "unmatched", None, r.status(), start);
+            return r;
+        }
+        (mine, named) => named.or(mine),
+    };
     let (slot_label, route_label, component, resp) =
         match route::match_route(&gw.config.backends, backend, &orig.method, path) {
             None => {
-                let r = Failure::NotFound(format!("no route for {} {path}", orig.method))
-                    .into_response();
+                let r = match backend {
+                    Some(b) if gw.config.backends.get(b).is_none() => {
+                        Failure::NotFound(format!("backend {} is not configured", b.as_str()))
+                    }
+                    _ => Failure::NotFound(format!("no route for {} {path}", orig.method)),
+                }
+                .into_response();
                 ("none", "unmatched", None, r)
             }
             Some(route) => {
                 let mut audit = AuditCtx::default();
-                let r = match allow(gw, &route, peer, headers, numbered, &mut audit) {
+                let r = match allow(gw, &route, &orig, peer, headers, numbered, &mut audit) {
                     Ok(r) => r,
                     Err(f) => deny(gw, mode, f, peer, route.name, &audit),
                 };
@@ -377,9 +423,11 @@ fn client_ip(gw: &Gateway, peer: SocketAddr, headers: &HeaderMap) -> std::net::I
 
 /// The data plane's decision about a routed original request; allowed: 200 with the headers
 /// the proxy copies upstream.
+#[allow(clippy::too_many_arguments)]
 fn allow(
     gw: &Gateway,
     route: &RouteMatch<'_>,
+    orig: &Original<'_>,
     peer: SocketAddr,
     headers: &HeaderMap,
     numbered: usize,
@@ -388,7 +436,20 @@ fn allow(
     let ip = client_ip(gw, peer, headers);
     audit.client_ip = Some(ip);
     let (org_id, enforcement) = authorize(gw, Mode::ForwardAuth, route, ip, headers, audit)?;
-    match allowed(gw, route, &org_id, enforcement, numbered) {
+    if orig.explain {
+        // asked again only to hand on a refusal, and now allowed (a refilled allowance, a
+        // reload in between): a 200 here would reach the client as an empty success, with
+        // nothing forwarded
+        let mut r = crate::wire::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the request was refused a moment ago and is allowed now: retry it",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(r);
+    }
+    match allowed(gw, route, &org_id, enforcement, numbered, orig.form) {
         Ok(r) => {
             gw.metrics.handles().allowed(Mode::ForwardAuth).inc();
             Ok(r)
@@ -407,6 +468,7 @@ fn allowed(
     org_id: &str,
     enforcement: Enforcement,
     numbered: usize,
+    form: Form,
 ) -> Result<Response<Body>, Failure> {
     let values = match enforcement {
         Enforcement::None => Vec::new(),
@@ -435,6 +497,14 @@ fn allowed(
             }
         }
     };
+    // nginx copies one value per header name: without numbered copies it would forward one
+    // policy of several (1.22) or a joined, malformed one (1.23+), or none with the recipe
+    if numbered == 0 && form == Form::Nginx && !values.is_empty() {
+        return Err(Failure::Forbidden {
+            reason: "label_policy",
+            message: "this token is restricted by label policies, and nginx copies one value per header name: set forward_auth.numbered_label_policies and copy that many X-Prom-Label-Policy-<n> headers".into(),
+        });
+    }
     if numbered > 0 && values.len() > numbered {
         return Err(Failure::Forbidden {
             reason: "label_policy",
