@@ -89,10 +89,13 @@ impl ForwardAuthConfig {
     /// One line for `obsgate check`.
     pub fn describe(&self, lbac: LbacMode) -> String {
         let mut s = format!(
-            "forward_auth: listen {}, routes of {}",
+            "forward_auth: listen {}, form {}, routes of {}",
             self.listen,
-            self.backend
-                .map_or("every configured backend", |b| b.as_str())
+            self.form.as_str(),
+            self.backend.map_or(
+                "the backend the question names (/auth/-/<backend>), else every configured backend",
+                |b| b.as_str()
+            )
         );
         if self.numbered_label_policies > 0 {
             s += &format!(
