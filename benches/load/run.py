@@ -352,8 +352,10 @@ def main():
                 f"  server {{ listen 127.0.0.1:{nx}; client_max_body_size 64m;\n"
                 f"    location = {PUSH_PATH} {{ proxy_pass http://sink; {keep} proxy_request_buffering off; }}\n"
                 f"    location / {{ proxy_pass http://up; {keep} }} }} }}\n")
-    # nginx_fa: nginx + auth_request + obsgate forward-auth, tests/e2e_nginx.rs's RECIPE without the
-    # error_page recipe (a denial would be nginx's 500 here, and every request must be allowed):
+    # nginx_fa: nginx + auth_request + obsgate forward-auth, the directives of
+    # docs/forward-auth/nginx.conf (the README's, run by tests/e2e_nginx.rs) without its error
+    # location (a denial would be nginx's 500 here, and every request must be allowed), and with a
+    # push location of its own for the sink:
     # one auth subrequest per request (no body), to obsgate's forward-auth listener over keepalive;
     # nginx copies the tenant and the label policies (numbered_label_policies: 4) upstream and drops
     # the client's Authorization; pushes are streamed (proxy_request_buffering off), as for nginx
