@@ -117,8 +117,19 @@ fn check(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let controls = cfg
+        .store
+        .controls_file
+        .as_ref()
+        .map(|p| (p, obsgate::controls::load(p)));
     match store::load::load_files(&cfg.store.policy_files, &cfg.cluster) {
         Ok(snap) => {
+            if let Some((_, Err(errs))) = &controls {
+                for e in &errs.0 {
+                    println!("{e}");
+                }
+                return ExitCode::FAILURE;
+            }
             let c = snap.counts();
             println!(
                 "{}: OK: {} policy file(s); {} tenants, {} access policies, {} service accounts, {} tokens, {} clusters",
@@ -143,13 +154,30 @@ fn check(path: PathBuf) -> ExitCode {
                 println!("{}", b.describe_topology());
             }
             println!("{}", cfg.store.admin.describe());
+            if let Some(t) = &cfg.tracing {
+                println!("{}", t.describe());
+            }
             if let Some(fa) = &cfg.forward_auth {
                 println!("{}", fa.describe(cfg.lbac));
+            }
+            if let Some(pp) = cfg.describe_proxy_protocol() {
+                println!("{pp}");
+            }
+            if let Some((p, Ok(set))) = &controls {
+                println!("controls {}: {set}", p.display());
+                for n in set.unknown_names(&snap) {
+                    println!("controls: note: {n}");
+                }
             }
             ExitCode::SUCCESS
         }
         Err(errs) => {
-            for e in &errs.0 {
+            for e in errs.0.iter().chain(
+                controls
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().err())
+                    .flat_map(|e| &e.0),
+            ) {
                 println!("{e}");
             }
             ExitCode::FAILURE
@@ -238,7 +266,7 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    obsgate::telemetry::init_logging(&cfg.log.level);
+    obsgate::telemetry::init_logging(&cfg.log.level, cfg.log.format);
     // One core (by affinity, or TOKIO_WORKER_THREADS=1): the single-threaded scheduler, which
     // skips the work-stealing machinery. More: one worker per core.
     let workers = std::env::var("TOKIO_WORKER_THREADS")

@@ -175,7 +175,19 @@ pub struct Metrics {
     pub limits: Arc<LimitCounters>,
     pub connections: IntGauge,
     pub tls_reloads: IntCounterVec,
+    /// `obsgate_tenant_controls_refused_total{reason}`: requests the per-tenant controls refused.
+    pub controls_refused: IntCounterVec,
+    /// `obsgate_controls_reloads_total{result}`: loads of `store.controls_file`.
+    pub controls_reloads: IntCounterVec,
+    /// `obsgate_controls_last_success_timestamp_seconds`
+    pub controls_last_success: IntGauge,
+    /// `obsgate_controls_blocks_active`: tenant entries with a block in force.
+    pub controls_blocks_active: IntGauge,
+    /// `obsgate_proxy_protocol_total{result}`: connections on listeners with `proxy_protocol`.
+    pub proxy_protocol: IntCounterVec,
     handles: OnceLock<Handles>,
+    /// Every family registered, with whether it is a histogram: see [`Metrics::exported_names`].
+    families: Vec<(String, bool)>,
 }
 
 /// One counter per limit of `obsgate_limit_hits_total`.
@@ -191,16 +203,20 @@ pub struct LimitCounters {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let mut families = Vec::new();
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("metric definition is valid");
                 registry
                     .register(Box::new(m.clone()))
                     .expect("metric names are unique");
+                let histogram = is_histogram(&m);
+                let descs = prometheus::core::Collector::desc(&m);
+                families.extend(descs.iter().map(|d| (d.fq_name.clone(), histogram)));
                 m
             }};
         }
-        Metrics {
+        let mut metrics = Metrics {
             requests: reg!(IntCounterVec::new(
                 Opts::new(
                     "obsgate_requests_total",
@@ -365,13 +381,60 @@ impl Metrics {
                 ),
                 &["result"]
             )),
+            proxy_protocol: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_proxy_protocol_total",
+                    "Connections on listeners with proxy_protocol, by result: ok (the header's client address is used), local (v2 LOCAL, v1 UNKNOWN: the peer is the client), untrusted (peer not in client_ip.trusted_proxies), malformed, timeout (these three closed)."
+                ),
+                &["result"]
+            )),
             connections: reg!(IntGauge::new(
                 "obsgate_open_connections",
                 "Client connections open now, on every listener."
             )),
+            controls_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_tenant_controls_refused_total",
+                    "Requests refused by the per-tenant controls (store.controls_file), by reason: blocked_reads, blocked_writes, blocked_rules, tenant_rate, tenant_inflight, token_rate, token_inflight."
+                ),
+                &["reason"]
+            )),
+            controls_reloads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_controls_reloads_total",
+                    "Loads and reloads of the per-tenant controls file, by result."
+                ),
+                &["result"]
+            )),
+            controls_last_success: reg!(IntGauge::new(
+                "obsgate_controls_last_success_timestamp_seconds",
+                "Unix time of the last successful load of the per-tenant controls file."
+            )),
+            controls_blocks_active: reg!(IntGauge::new(
+                "obsgate_controls_blocks_active",
+                "Tenant entries of the per-tenant controls (\"*\" included) with a block in force."
+            )),
             registry,
             handles: OnceLock::new(),
+            families: Vec::new(),
+        };
+        metrics.families = families;
+        metrics
+    }
+
+    /// The name of every series family `/metrics` can show, children or not yet: a histogram's
+    /// `_bucket`, `_sum` and `_count`, the name of any other metric (the dashboard and alert
+    /// rules in deploy/ are checked against it).
+    pub fn exported_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, histogram) in &self.families {
+            if *histogram {
+                names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+            } else {
+                names.push(name.clone());
+            }
         }
+        names
     }
 
     /// Handles for the request path, resolved on first use.
@@ -429,6 +492,11 @@ impl Metrics {
     }
 }
 
+fn is_histogram<T: 'static>(_: &T) -> bool {
+    let t = std::any::TypeId::of::<T>();
+    t == std::any::TypeId::of::<Histogram>() || t == std::any::TypeId::of::<HistogramVec>()
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -453,18 +521,32 @@ impl Drop for InflightRequest<'_> {
 }
 
 /// Installs the global log subscriber. `OBSGATE_LOG` overrides the configured level.
-pub fn init_logging(level: &str) {
+///
+/// `text`: one line per event, `key=value` fields. `json`: one JSON object per line with
+/// `timestamp`, `level`, `target` and every field of the event as a key (an audit line's
+/// `token`, `policy`, `tenant`, `client_ip`, `route`, `status`, `reason`, `trace_id` …).
+pub fn init_logging(level: &str, format: crate::config::LogFormat) {
     let filter = std::env::var("OBSGATE_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Text => b
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        crate::config::LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

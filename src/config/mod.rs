@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod admin_store;
+pub mod tracing;
 pub mod upstream;
 pub use admin_store::{AdminBackend, AdminStoreConfig};
+pub use tracing::{OtlpProtocol, TracingConfig};
 pub use upstream::{Balance, Component, HealthCheck, Mirror, Topology, UpstreamUrl};
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.yaml";
@@ -41,6 +43,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `forward_auth`: the listener that answers another proxy's authorization questions.
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// `tracing`: OpenTelemetry traces exported by OTLP (`None`: off, no cost).
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Most numbered `X-Prom-Label-Policy-<n>` copies `forward_auth.numbered_label_policies` may ask for.
@@ -57,6 +61,8 @@ pub struct ForwardAuthConfig {
     pub numbered_label_policies: usize,
     /// `forward_auth.form`: which form of question is read (`auto`: every form, which must agree).
     pub form: ForwardAuthForm,
+    /// `forward_auth.proxy_protocol`: connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// The form of question the forward-auth listener reads.
@@ -116,6 +122,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How long in-flight requests may run after SIGTERM before connections are cut.
     pub shutdown_grace: Duration,
+    /// `server.proxy_protocol`: connections to the shared listener start with a PROXY
+    /// protocol header (v1 or v2), accepted from `client_ip.trusted_proxies` only.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +142,9 @@ pub struct StoreConfig {
     pub poll_interval: Duration,
     /// `store.admin`: where the admin API's change log lives (absent: the local data dir).
     pub admin: AdminStoreConfig,
+    /// `store.controls_file`: per-tenant controls (blocks, rate and in-flight limits), watched
+    /// like the policy files; see `crate::controls`.
+    pub controls_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,6 +202,8 @@ pub struct Backend {
     /// Which endpoints serve which component, and how they are chosen and checked.
     pub topology: Topology,
     pub listen: Option<SocketAddr>,
+    /// `backends.<slot>.proxy_protocol`: connections to `listen` start with a PROXY header.
+    pub proxy_protocol: bool,
     pub ca_file: Option<PathBuf>,
     /// Time allowed for the upstream's response headers (504 past it), for reads.
     pub timeout: Duration,
@@ -301,6 +315,26 @@ impl Default for AuthThrottleConfig {
 pub struct LogConfig {
     /// A `tracing` filter directive such as `info` or `obsgate=debug,info`.
     pub level: String,
+    /// `log.format`: `text` (one line per event, `key=value` fields) or `json` (one JSON
+    /// object per line, the fields as keys).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 // ---------- raw (as written) ----------
@@ -331,6 +365,8 @@ struct RawConfig {
     log: Option<RawLog>,
     #[serde(default)]
     forward_auth: Option<Spanned<RawForwardAuth>>,
+    #[serde(default)]
+    tracing: Option<Spanned<tracing::RawTracing>>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +377,7 @@ struct RawForwardAuth {
     numbered_label_policies: Option<Spanned<usize>>,
     #[serde(default)]
     form: ForwardAuthForm,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -349,6 +386,7 @@ struct RawServer {
     listen: Option<SocketAddr>,
     tls: Option<RawTls>,
     shutdown_grace: Option<PromDuration>,
+    proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +405,7 @@ struct RawStore {
     data_dir: Option<String>,
     poll_interval: Option<PromDuration>,
     admin: Option<Spanned<admin_store::RawAdminStore>>,
+    controls_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -390,6 +429,7 @@ struct RawBackend {
     mirror: Option<Vec<Spanned<upstream::RawMirror>>>,
     mirror_max_inflight: Option<Spanned<u64>>,
     listen: Option<SocketAddr>,
+    proxy_protocol: Option<Spanned<bool>>,
     ca_file: Option<String>,
     timeout: Option<PromDuration>,
     write_timeout: Option<PromDuration>,
@@ -455,6 +495,8 @@ struct RawAuthThrottle {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
+    #[serde(default)]
+    format: LogFormat,
 }
 
 /// A CIDR (`10.0.0.0/8`) or a bare address (taken as /32 or /128).
@@ -545,6 +587,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         None => "local".to_string(),
     };
 
+    // a listener with proxy_protocol takes the header from trusted proxies only
+    let no_trusted = raw_client_ip
+        .trusted_proxies
+        .as_ref()
+        .is_none_or(|t| t.is_empty());
+    let server_proxy_protocol = proxy_protocol(
+        path,
+        raw_server.proxy_protocol,
+        "server",
+        no_trusted,
+        &mut errors,
+    );
     let tls = raw_server.tls.map(|t| TlsConfig {
         cert_file: resolve(&t.cert_file),
         key_file: resolve(&t.key_file),
@@ -559,6 +613,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(30)),
+        proxy_protocol: server_proxy_protocol,
     };
 
     let raw_limits = raw.limits.unwrap_or_default();
@@ -719,11 +774,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             }
             listens.push(l);
         }
+        let pp_key = format!("backends.{}", slot.as_str());
+        if let Some(pp) = &rb.proxy_protocol
+            && pp.value
+            && rb.listen.is_none()
+        {
+            errors.push(FileError::at(
+                path,
+                &pp.referenced,
+                format!(
+                    "{pp_key}.proxy_protocol applies to the backend's own listener: set {pp_key}.listen too (server.proxy_protocol is the shared listener's)"
+                ),
+            ));
+        }
         let b = Backend {
             slot,
             kind: rb.kind.value,
             topology,
             listen: rb.listen,
+            proxy_protocol: rb.listen.is_some()
+                && proxy_protocol(path, rb.proxy_protocol, &pp_key, no_trusted, &mut errors),
             ca_file: rb.ca_file.as_deref().map(resolve),
             timeout: rb.timeout.map(|d| d.0).unwrap_or(DEFAULT_BACKEND_TIMEOUT),
             write_timeout: rb
@@ -781,8 +851,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
     }
     let forward_auth = raw
         .forward_auth
-        .and_then(|f| forward_auth(path, f, &backends, &mut listens, &mut errors));
+        .and_then(|f| forward_auth(path, f, &backends, &mut listens, no_trusted, &mut errors));
     let admin = admin_store::build(path, raw_store.admin, &mut errors);
+    let tracing = raw
+        .tracing
+        .and_then(|t| tracing::build(path, t, &mut errors));
     let level = raw_log.level.unwrap_or_else(|| "info".to_string());
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
         errors.push(FileError::whole(
@@ -812,6 +885,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_millis(250)),
             admin,
+            controls_file: raw_store.controls_file.as_deref().map(resolve),
         },
         backends,
         lbac: raw_lbac.mode,
@@ -827,8 +901,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
         cache,
         auth_throttle,
         limits,
-        log: LogConfig { level },
+        log: LogConfig {
+            level,
+            format: raw_log.format,
+        },
         forward_auth,
+        tracing,
     })
 }
 
@@ -838,6 +916,7 @@ fn forward_auth(
     raw: Spanned<RawForwardAuth>,
     backends: &Backends,
     listens: &mut Vec<SocketAddr>,
+    no_trusted: bool,
     errors: &mut Vec<FileError>,
 ) -> Option<ForwardAuthConfig> {
     let loc = raw.referenced;
@@ -907,12 +986,69 @@ fn forward_auth(
             "forward_auth.form nginx needs numbered_label_policies (e.g. 4): nginx copies one value per header name, so a token with label policies would reach the backend without them",
         ));
     }
+    let proxy_protocol =
+        proxy_protocol(path, raw.proxy_protocol, "forward_auth", no_trusted, errors);
     (errors.len() == before).then_some(ForwardAuthConfig {
         listen,
         backend,
         numbered_label_policies: numbered,
         form: raw.form,
+        proxy_protocol,
     })
+}
+
+/// A listener's `proxy_protocol` (`key` is its section): `true` needs
+/// `client_ip.trusted_proxies`, the only peers whose PROXY header is read.
+fn proxy_protocol(
+    path: &Path,
+    raw: Option<Spanned<bool>>,
+    key: &str,
+    no_trusted: bool,
+    errors: &mut Vec<FileError>,
+) -> bool {
+    let Some(pp) = raw else { return false };
+    if pp.value && no_trusted {
+        errors.push(FileError::at(
+            path,
+            &pp.referenced,
+            format!(
+                "{key}.proxy_protocol needs client_ip.trusted_proxies: PROXY headers are accepted from those addresses only, so every connection would be closed (list the load balancer's addresses)"
+            ),
+        ));
+    }
+    pp.value
+}
+
+impl Config {
+    /// The listeners that expect a PROXY protocol header: (name, configured address).
+    pub fn proxy_protocol_listeners(&self) -> Vec<(String, SocketAddr)> {
+        let mut v = Vec::new();
+        if self.server.proxy_protocol {
+            v.push(("server".to_string(), self.server.listen));
+        }
+        for b in self.backends.iter() {
+            if let (true, Some(l)) = (b.proxy_protocol, b.listen) {
+                v.push((format!("backends.{}", b.slot.as_str()), l));
+            }
+        }
+        if let Some(fa) = self.forward_auth.as_ref().filter(|f| f.proxy_protocol) {
+            v.push(("forward_auth".to_string(), fa.listen));
+        }
+        v
+    }
+
+    /// One line for `obsgate check`, when a listener expects PROXY headers.
+    pub fn describe_proxy_protocol(&self) -> Option<String> {
+        let l = self.proxy_protocol_listeners();
+        if l.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = l.iter().map(|(n, a)| format!("{n} ({a})")).collect();
+        Some(format!(
+            "proxy_protocol: PROXY protocol v1/v2 header expected on {}; read from client_ip.trusted_proxies only, other peers are closed",
+            names.join(", ")
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -1346,6 +1482,80 @@ backends:
         );
         let e = p("backends:\n  traces:\n    kind: tempo\n    url: \"http://t\"\n    components:\n      distributor:\n        url: \"http://d\"\n        health_check: { timeout: 0s }\n").unwrap_err();
         assert_eq!(e.0[0].line, 8, "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_per_listener() {
+        let c = p("").unwrap();
+        assert!(!c.server.proxy_protocol && c.proxy_protocol_listeners().is_empty());
+        assert!(c.describe_proxy_protocol().is_none());
+        let c = p(r#"
+server: { listen: "127.0.0.1:8080", proxy_protocol: true }
+client_ip: { trusted_proxies: ["10.0.0.0/8"] }
+backends:
+  metrics: { kind: mimir, url: "http://m", listen: "127.0.0.1:8081", proxy_protocol: true }
+  logs: { kind: loki, url: "http://l", listen: "127.0.0.1:8082", proxy_protocol: false }
+  traces: { kind: tempo, url: "http://t", listen: "127.0.0.1:8083" }
+forward_auth: { listen: "127.0.0.1:8090", proxy_protocol: true }
+"#)
+        .unwrap();
+        assert!(c.server.proxy_protocol);
+        assert!(c.backends.metrics.as_ref().unwrap().proxy_protocol);
+        assert!(!c.backends.logs.as_ref().unwrap().proxy_protocol);
+        assert!(!c.backends.traces.as_ref().unwrap().proxy_protocol);
+        assert!(c.forward_auth.as_ref().unwrap().proxy_protocol);
+        let names: Vec<String> = c
+            .proxy_protocol_listeners()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["server", "backends.metrics", "forward_auth"]);
+        let d = c.describe_proxy_protocol().unwrap();
+        assert!(d.contains("server (127.0.0.1:8080), backends.metrics (127.0.0.1:8081), forward_auth (127.0.0.1:8090)"), "{d}");
+
+        // without trusted proxies every connection would be closed: each one located
+        let e = p("server:\n  proxy_protocol: true\n").unwrap_err();
+        assert_eq!((e.0[0].line, e.0.len()), (2, 1), "{e}");
+        assert!(
+            e.to_string()
+                .contains("server.proxy_protocol needs client_ip.trusted_proxies"),
+            "{e}"
+        );
+        let e = p("client_ip:\n  trusted_proxies: []\nforward_auth:\n  listen: \"127.0.0.1:8090\"\n  proxy_protocol: true\n").unwrap_err();
+        assert_eq!(e.0[0].line, 5, "{e}");
+        assert!(
+            e.to_string().contains("forward_auth.proxy_protocol needs"),
+            "{e}"
+        );
+        let e = p("backends:\n  metrics:\n    kind: mimir\n    url: \"http://m\"\n    listen: \"127.0.0.1:8081\"\n    proxy_protocol: true\n").unwrap_err();
+        assert_eq!(e.0[0].line, 6, "{e}");
+        assert!(
+            e.to_string()
+                .contains("backends.metrics.proxy_protocol needs"),
+            "{e}"
+        );
+        // false needs nothing
+        assert!(
+            !p("server:\n  proxy_protocol: false\n")
+                .unwrap()
+                .server
+                .proxy_protocol
+        );
+        // on a backend without its own listener: located
+        let e = p("client_ip:\n  trusted_proxies: [10.0.0.1]\nbackends:\n  logs:\n    kind: loki\n    url: \"http://l\"\n    proxy_protocol: true\n").unwrap_err();
+        assert_eq!((e.0[0].line, e.0.len()), (7, 1), "{e}");
+        assert!(
+            e.to_string().contains("set backends.logs.listen too"),
+            "{e}"
+        );
+        // not a boolean, or a typo: located
+        let e = p("server:\n  proxy_protocol: v2\n").unwrap_err();
+        assert_eq!(e.0[0].line, 2, "{e}");
+        let e = p("server:\n  proxy_protocols: true\n").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown field `proxy_protocols`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -318,7 +318,32 @@ pub async fn handle(
     conn: Arc<Conn>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
-    answer(&gw, conn.peer, req.method(), req.uri(), req.headers())
+    let Some(t) = gw.tracing.as_ref() else {
+        return answer(&gw, conn.peer, req.method(), req.uri(), req.headers());
+    };
+    // one server span per question, named after the question (the original request is an
+    // attribute): a proxy's auth subrequest usually carries the client's traceparent
+    let trace = super::request_trace(
+        t,
+        Mode::ForwardAuth,
+        req.method(),
+        req.uri().path(),
+        None,
+        conn.peer,
+        req.headers(),
+    );
+    let mut r = answer_traced(
+        &gw,
+        conn.peer,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        Some(trace.trace_id()),
+    );
+    r.headers_mut()
+        .insert(crate::otel::TRACE_ID_HEADER, trace.header_value());
+    trace.finish(r.status().as_u16());
+    r
 }
 
 /// The answer to one question: the data plane's decision about the original request.
@@ -328,6 +353,18 @@ pub fn answer(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+) -> Response<Body> {
+    answer_traced(gw, peer, method, uri, headers, None)
+}
+
+/// [`answer`], with the question's trace ID for its audit line.
+pub fn answer_traced(
+    gw: &Gateway,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    trace_id: Option<String>,
 ) -> Response<Body> {
     let start = Instant::now();
     let _inflight = crate::telemetry::InflightRequest::start(&gw.metrics.inflight);
@@ -361,6 +398,7 @@ pub fn answer(
         Some(Err(f)) => {
             let audit = AuditCtx {
                 client_ip: Some(client_ip(gw, peer, headers)),
+                trace_id,
                 ..AuditCtx::default()
             };
             let r = deny(gw, mode, f, peer, "invalid", &audit);
@@ -397,7 +435,10 @@ pub fn answer(
                 ("none", "unmatched", None, r)
             }
             Some(route) => {
-                let mut audit = AuditCtx::default();
+                let mut audit = AuditCtx {
+                    trace_id,
+                    ..AuditCtx::default()
+                };
                 let r = match allow(gw, &route, &orig, peer, headers, numbered, &mut audit) {
                     Ok(r) => r,
                     Err(f) => deny(gw, mode, f, peer, route.name, &audit),
@@ -436,6 +477,24 @@ fn allow(
     let ip = client_ip(gw, peer, headers);
     audit.client_ip = Some(ip);
     let (org_id, enforcement) = authorize(gw, Mode::ForwardAuth, route, ip, headers, audit)?;
+    // per-tenant controls: blocks and rate limits (in-flight limits are the proxy listeners'
+    // alone: obsgate does not see when a request it allowed here ends). A question asked only
+    // to hand on a refusal takes nothing from a rate limit.
+    let check = if orig.explain {
+        crate::controls::Check::Explain
+    } else {
+        crate::controls::Check::ForwardAuth
+    };
+    if let Err(f) = crate::controls::admit(
+        gw.controls.as_deref(),
+        route.scope,
+        &org_id,
+        audit.identity.as_deref(),
+        check,
+    ) {
+        audit.tenant = Some(org_id);
+        return Err(f);
+    }
     if orig.explain {
         // asked again only to hand on a refusal, and now allowed (a refilled allowance, a
         // reload in between): a 200 here would reach the client as an empty success, with

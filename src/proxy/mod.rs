@@ -10,6 +10,7 @@ pub use crate::wire::{
 };
 pub mod guard;
 pub mod headers;
+pub mod proxy_protocol;
 pub mod server;
 
 use crate::auth;
@@ -36,6 +37,10 @@ pub struct Gateway {
     rewrite_cache: crate::lbac::RewriteCache,
     /// Failed-authentication throttling, shared with the admin API (`None`: off).
     pub throttle: Option<Arc<crate::throttle::AuthThrottle>>,
+    /// Per-tenant controls (`store.controls_file`; `None`: not configured).
+    pub controls: Option<Arc<crate::controls::Controls>>,
+    /// OpenTelemetry request tracing (`None`: `tracing:` is not configured).
+    pub tracing: Option<Arc<crate::otel::Tracing>>,
 }
 
 impl Gateway {
@@ -46,14 +51,28 @@ impl Gateway {
     ) -> Result<Gateway, String> {
         let upstreams = crate::upstream::Upstreams::new(&config, &metrics)?;
         let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle).map(Arc::new);
+        let tracing = match &config.tracing {
+            Some(t) => Some(crate::otel::Tracing::start(t)?),
+            None => None,
+        };
         Ok(Gateway {
+            tracing,
             config,
             store,
             metrics,
             upstreams,
             throttle,
+            controls: None,
             rewrite_cache: crate::lbac::RewriteCache::default(),
         })
+    }
+}
+
+impl Gateway {
+    /// The per-tenant controls in force (see `src/controls.rs`).
+    pub fn with_controls(mut self, controls: Option<Arc<crate::controls::Controls>>) -> Gateway {
+        self.controls = controls;
+        self
     }
 }
 
@@ -77,6 +96,8 @@ pub enum Failure {
     PayloadTooLarge(String),
     RequestTimeout(String),
     MethodNotAllowed(String),
+    /// Refused by the per-tenant controls: a block, a rate or an in-flight limit.
+    Controlled(Box<crate::controls::Refusal>),
 }
 
 impl Failure {
@@ -92,6 +113,7 @@ impl Failure {
             Failure::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::Controlled(r) => r.status,
         }
     }
 
@@ -107,6 +129,7 @@ impl Failure {
             Failure::PayloadTooLarge(_) => "too_large",
             Failure::RequestTimeout(_) => "timeout",
             Failure::MethodNotAllowed(_) => "method_not_allowed",
+            Failure::Controlled(r) => r.error_type(),
         }
     }
 
@@ -121,6 +144,7 @@ impl Failure {
             | Failure::MethodNotAllowed(m) => m,
             Failure::Unauthorized { message, .. } | Failure::Forbidden { message, .. } => message,
             Failure::Throttled(_) => THROTTLED_MESSAGE,
+            Failure::Controlled(r) => &r.message,
         }
     }
 
@@ -128,6 +152,7 @@ impl Failure {
     pub fn into_response(self) -> Response<Body> {
         match self {
             Failure::Throttled(secs) => throttled_response(secs),
+            Failure::Controlled(r) => r.into_response(),
             f => error_response(f.status(), f.error_type(), f.message()),
         }
     }
@@ -159,6 +184,8 @@ struct AuditCtx {
     client_ip: Option<IpAddr>,
     identity: Option<Arc<policy::Identity>>,
     tenant: Option<String>,
+    /// The request's trace ID when tracing is on.
+    trace_id: Option<String>,
 }
 
 /// The data plane: every request that is not the gateway's own endpoint or the admin API.
@@ -173,24 +200,38 @@ pub async fn handle(
     let _inflight = crate::telemetry::InflightRequest::start(&gw.metrics.inflight);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (slot_label, route_label, component, resp) =
-        match route::match_route(&gw.config.backends, only, &method, &path) {
-            None => {
-                let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
-                ("none", "unmatched", None, r)
-            }
-            Some(route) => {
-                let slot = route.slot;
-                let name = route.name;
-                let component = route.component;
-                let mut audit = AuditCtx::default();
-                let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit).await {
-                    Ok(r) => r,
-                    Err(f) => deny(&gw, Mode::Proxy, f, peer, name, &audit),
-                };
-                (slot.as_str(), name, Some(component), r)
-            }
-        };
+    let matched = route::match_route(&gw.config.backends, only, &method, &path);
+    let trace = gw.tracing.as_ref().map(|t| {
+        let route = matched.as_ref().map(|r| (r.name, r.slot.as_str()));
+        request_trace(t, Mode::Proxy, &method, &path, route, peer, req.headers())
+    });
+    let (slot_label, route_label, component, mut resp) = match matched {
+        None => {
+            let r = Failure::NotFound(format!("no route for {method} {path}")).into_response();
+            ("none", "unmatched", None, r)
+        }
+        Some(route) => {
+            let slot = route.slot;
+            let name = route.name;
+            let component = route.component;
+            let mut audit = AuditCtx {
+                trace_id: trace.as_ref().map(|t| t.trace_id()),
+                ..AuditCtx::default()
+            };
+            let r = match authorize_and_forward(&gw, route, &conn, req, &mut audit, trace.as_ref())
+                .await
+            {
+                Ok(r) => r,
+                Err(f) => deny(&gw, Mode::Proxy, f, peer, name, &audit),
+            };
+            (slot.as_str(), name, Some(component), r)
+        }
+    };
+    if let Some(t) = trace {
+        resp.headers_mut()
+            .insert(crate::otel::TRACE_ID_HEADER, t.header_value());
+        t.finish(resp.status().as_u16());
+    }
     count(
         &gw,
         Mode::Proxy,
@@ -201,6 +242,35 @@ pub async fn handle(
         start,
     );
     resp
+}
+
+/// The server span of a request: `METHOD route` (the route pattern, never the raw path, names
+/// it), with what is known before authentication.
+fn request_trace(
+    t: &crate::otel::Tracing,
+    mode: Mode,
+    method: &http::Method,
+    path: &str,
+    route: Option<(&'static str, &'static str)>,
+    peer: SocketAddr,
+    headers: &http::HeaderMap,
+) -> crate::otel::RequestTrace {
+    use opentelemetry::KeyValue;
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", method.as_str().to_string()),
+        KeyValue::new("url.path", path.to_string()),
+        KeyValue::new("network.peer.address", peer.ip().to_string()),
+        KeyValue::new("obsgate.mode", mode.as_str()),
+    ];
+    let name = match route {
+        Some((name, backend)) => {
+            attrs.push(KeyValue::new("http.route", name));
+            attrs.push(KeyValue::new("obsgate.backend", backend));
+            format!("{method} {name}")
+        }
+        None => method.as_str().to_string(),
+    };
+    t.request(name, headers, attrs)
 }
 
 /// `obsgate_requests_total` and `obsgate_request_duration_seconds` for one request.
@@ -243,6 +313,7 @@ fn log_denial(gw: &Gateway, mode: Mode, f: &Failure, peer: SocketAddr, route: &s
         Failure::Unauthorized { reason, .. } => (*reason, 401),
         Failure::Forbidden { reason, .. } => (*reason, 403),
         Failure::BadRequest(_) => ("bad_request", 400),
+        Failure::Controlled(r) => (r.reason.as_str(), r.status.as_u16()),
         // counted, not logged line by line: a throttled client is one that is flooding us
         Failure::Throttled(_) => {
             gw.metrics.denied(mode, "throttled");
@@ -263,7 +334,8 @@ fn log_denial(gw: &Gateway, mode: Mode, f: &Failure, peer: SocketAddr, route: &s
         route,
         status,
         reason,
-        message = f.message(),
+        detail = f.message(),
+        trace_id = a.trace_id.as_deref().unwrap_or("-"),
         "request denied"
     );
 }
@@ -365,6 +437,7 @@ async fn authorize_and_forward(
     conn: &Conn,
     mut req: Request<Incoming>,
     audit: &mut AuditCtx,
+    trace: Option<&crate::otel::RequestTrace>,
 ) -> Result<Response<Body>, Failure> {
     let client_ip: IpAddr = auth::client_ip(
         conn.peer.ip(),
@@ -372,18 +445,80 @@ async fn authorize_and_forward(
         &gw.config.client_ip.trusted_proxies,
     );
     audit.client_ip = Some(client_ip);
-    let (org_id, enforcement) =
-        authorize(gw, Mode::Proxy, &route, client_ip, req.headers(), audit)?;
+    let auth_span = trace.map(|t| t.child("auth", opentelemetry::trace::SpanKind::Internal));
+    let authorized = authorize(gw, Mode::Proxy, &route, client_ip, req.headers(), audit);
+    if let (Some(mut s), Some(t)) = (auth_span, trace) {
+        trace_decision(&mut s, t, &authorized, audit, client_ip);
+        s.end();
+    }
+    let (org_id, enforcement) = authorized?;
     audit.tenant = Some(org_id.clone());
+    // per-tenant controls: blocks, rate and in-flight limits (src/controls.rs)
+    let admitted = crate::controls::admit(
+        gw.controls.as_deref(),
+        route.scope,
+        &org_id,
+        audit.identity.as_deref(),
+        crate::controls::Check::Proxy,
+    )?;
     gw.metrics.handles().allowed(Mode::Proxy).inc();
     let up = gw.upstreams.get(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
     })?;
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let prepared = prepare(gw, up, &route, conn, req, &org_id, enforcement, upgrade).await?;
-    let sent = send(gw, up, &route, prepared).await?;
-    Ok(respond(sent, client_upgrade))
+    let prepared = prepare(
+        gw,
+        up,
+        &route,
+        conn,
+        req,
+        &org_id,
+        enforcement,
+        upgrade,
+        trace,
+    )
+    .await?;
+    let sent = send(gw, up, &route, prepared, trace).await?;
+    // in-flight permits are held until the response body has been sent
+    Ok(admitted.hold(respond(sent, client_upgrade)))
+}
+
+/// The auth span's outcome, and who asked on the request's span (names, never a token).
+fn trace_decision(
+    s: &mut crate::otel::ChildSpan,
+    t: &crate::otel::RequestTrace,
+    r: &Result<(String, Enforcement), Failure>,
+    audit: &AuditCtx,
+    client_ip: IpAddr,
+) {
+    use opentelemetry::KeyValue;
+    t.set_attribute(KeyValue::new("client.address", client_ip.to_string()));
+    if let Some(id) = &audit.identity {
+        t.set_attribute(KeyValue::new("obsgate.token", id.token_name.clone()));
+        t.set_attribute(KeyValue::new("obsgate.policy", id.policy_name.clone()));
+    }
+    match r {
+        Ok((org_id, enforcement)) => {
+            t.set_attribute(KeyValue::new("obsgate.tenant", org_id.clone()));
+            s.set_attribute(KeyValue::new("obsgate.decision", "allow"));
+            s.set_attribute(KeyValue::new(
+                "obsgate.label_policies",
+                match enforcement {
+                    Enforcement::None => "none",
+                    Enforcement::Headers(_) => "header",
+                    Enforcement::Rewrite(_) => "rewrite",
+                },
+            ));
+        }
+        Err(f) => {
+            s.set_attribute(KeyValue::new("obsgate.decision", "deny"));
+            s.set_attribute(KeyValue::new(
+                "obsgate.status",
+                i64::from(f.status().as_u16()),
+            ));
+        }
+    }
 }
 
 /// A request ready for an endpoint, and what deciding its fate later needs.
@@ -406,6 +541,7 @@ async fn prepare(
     org_id: &str,
     enforcement: Enforcement,
     upgrade: bool,
+    trace: Option<&crate::otel::RequestTrace>,
 ) -> Result<Prepared, Failure> {
     let b = &up.backend;
     let grpc = req.version() == http::Version::HTTP_2 && headers::is_grpc(req.headers());
@@ -451,13 +587,25 @@ async fn prepare(
                         limits: gw.config.lbac_limits,
                         cache: &gw.rewrite_cache,
                     };
-                    let (q, new_body) =
-                        apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw)
-                            .await
-                            .map_err(|e| match cut.get() {
-                                Some(c) => cut_failure(gw, c, max_body),
-                                None => lbac_failure(e),
-                            })?;
+                    let mut span =
+                        trace.map(|t| t.child("rewrite", opentelemetry::trace::SpanKind::Internal));
+                    let rewritten =
+                        apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw).await;
+                    if let Some(s) = span.as_mut()
+                        && let Err(e) = &rewritten
+                    {
+                        s.fail(match e {
+                            crate::lbac::LbacError::BadQuery(m)
+                            | crate::lbac::LbacError::Forbidden(m) => m.clone(),
+                        });
+                    }
+                    if let Some(s) = span {
+                        s.end();
+                    }
+                    let (q, new_body) = rewritten.map_err(|e| match cut.get() {
+                        Some(c) => cut_failure(gw, c, max_body),
+                        None => lbac_failure(e),
+                    })?;
                     (q, full(new_body.unwrap_or_default()))
                 }
             }
@@ -533,6 +681,7 @@ async fn send(
     up: &crate::upstream::BackendUpstream,
     route: &RouteMatch<'_>,
     mut p: Prepared,
+    trace: Option<&crate::otel::RequestTrace>,
 ) -> Result<crate::upstream::Sent, Failure> {
     use crate::upstream::SendError;
     let backend = up.backend.slot.as_str();
@@ -553,11 +702,21 @@ async fn send(
         let body = std::mem::replace(&mut p.out.body, full(Bytes::new()));
         p.out.body = crate::upstream::mirror::start(&up.mirrors, &head, body, p.timeout);
     }
+    // the upstream span is the parent the backend's own spans hang from
+    let mut span = trace.map(|t| {
+        let s = t.child("upstream", opentelemetry::trace::SpanKind::Client);
+        s.inject(&mut p.out.headers);
+        s
+    });
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::from_std(t0) + p.timeout;
     let result = pool.send(p.out, deadline).await;
     if let Some(h) = gw.metrics.handles().upstream_duration(backend) {
         h.observe(t0.elapsed().as_secs_f64());
+    }
+    if let Some(mut s) = span.take() {
+        trace_upstream(&mut s, backend, component, &result);
+        s.end();
     }
     let (kind, failure) = match result {
         Ok(sent) => {
@@ -635,6 +794,38 @@ async fn send(
         .with_label_values(&[backend, kind])
         .inc();
     Err(failure)
+}
+
+fn trace_upstream(
+    s: &mut crate::otel::ChildSpan,
+    backend: &'static str,
+    component: &'static str,
+    result: &Result<crate::upstream::Sent, crate::upstream::SendError>,
+) {
+    use opentelemetry::KeyValue;
+    s.set_attribute(KeyValue::new("obsgate.backend", backend));
+    s.set_attribute(KeyValue::new("obsgate.component", component));
+    match result {
+        Ok(sent) => {
+            s.set_attribute(KeyValue::new(
+                "server.address",
+                sent.guard.endpoint().label.to_string(),
+            ));
+            let code = sent.response.status().as_u16();
+            s.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+            s.set_attribute(KeyValue::new("obsgate.retried", sent.retried));
+            if code >= 500 {
+                s.fail(format!("HTTP {code}"));
+            }
+        }
+        Err(e) => s.fail(match e {
+            crate::upstream::SendError::NoEndpoint => "no endpoint".to_string(),
+            crate::upstream::SendError::Connect { message, .. } => message.clone(),
+            crate::upstream::SendError::Timeout => "timed out".to_string(),
+            crate::upstream::SendError::Failed(m) => m.clone(),
+            crate::upstream::SendError::BadRequest => "request cannot be forwarded".to_string(),
+        }),
+    }
 }
 
 /// Phase 7: the response, cleaned of hop-by-hop headers, its body counted in flight to its

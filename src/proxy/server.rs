@@ -2,6 +2,7 @@
 //! ALPN over TLS) on one port, upgrades enabled, graceful shutdown that lets in-flight
 //! requests finish.
 
+use super::proxy_protocol::{self, PrefixedStream};
 use super::{Gateway, guard};
 use crate::admin::AdminService;
 use crate::config::{BackendSlot, Config};
@@ -37,6 +38,18 @@ impl Role {
             Role::Proxy(None) => "shared",
             Role::Proxy(Some(s)) => s.as_str(),
             Role::ForwardAuth => "forward_auth",
+        }
+    }
+
+    /// Whether this listener's connections start with a PROXY protocol header.
+    fn proxy_protocol(self, config: &Config) -> bool {
+        match self {
+            Role::Proxy(None) => config.server.proxy_protocol,
+            Role::Proxy(Some(s)) => config.backends.get(s).is_some_and(|b| b.proxy_protocol),
+            Role::ForwardAuth => config
+                .forward_auth
+                .as_ref()
+                .is_some_and(|f| f.proxy_protocol),
         }
     }
 }
@@ -83,6 +96,11 @@ impl Running {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        // the spans still queued go out now; the exporters need the runtime, so this waits
+        // off its threads
+        if let Some(t) = self.gateway.tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
         }
     }
 }
@@ -232,7 +250,16 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         StartError::Policy(e)
     })?;
     metrics.store_reloads.with_label_values(&["success"]).inc();
+    // the first load is a success like any reload (dashboards show its age from here)
+    metrics.store_last_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
     tracing::info!(counts = %initial.counts(), "policy set loaded");
+    // per-tenant controls (store.controls_file): a file that does not load stops the start
+    let controls =
+        crate::controls::Controls::from_config(&config, &metrics).map_err(StartError::Policy)?;
     let store = Arc::new(Store::new(
         initial,
         config.cache.capacity,
@@ -243,7 +270,9 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         .await
         .map_err(|e| StartError::Setup(format!("admin store: {e}")))?;
     let gateway = Arc::new(
-        Gateway::new(config.clone(), store.clone(), metrics.clone()).map_err(StartError::Setup)?,
+        Gateway::new(config.clone(), store.clone(), metrics.clone())
+            .map_err(StartError::Setup)?
+            .with_controls(controls.clone()),
     );
     let services = Arc::new(Services {
         ready: std::sync::atomic::AtomicBool::new(false),
@@ -298,7 +327,8 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
     }
     for (role, l) in sockets {
         let local = l.local_addr().ok();
-        tracing::info!(listener = role.label(), addr = ?local, tls = tls.is_some(), "listening");
+        let proxy_protocol = role.proxy_protocol(&config);
+        tracing::info!(listener = role.label(), addr = ?local, tls = tls.is_some(), proxy_protocol, "listening");
         tasks.push(tokio::spawn(accept_loop(
             l,
             role,
@@ -325,6 +355,7 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         metrics.clone(),
         config.store.poll_interval,
         loaded,
+        controls,
         rx.clone(),
     )));
     // dns+ URLs resolved once before the gateway says it is ready; then refreshed, and every
@@ -411,7 +442,20 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes.min(u64::from(u32::MAX)) as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let proxy_protocol = role.proxy_protocol(&gw.config).then(|| ProxyProtocolGate {
+        trusted: gw.config.client_ip.trusted_proxies.clone(),
+        header_timeout: limits.header_read_timeout,
+        counts: ProxyProtocolCounts::new(&gw.metrics),
+        listener: role.label(),
+    });
+    let listener_ctx = Arc::new(ListenerCtx {
+        role,
+        services: svc.clone(),
+        builder,
+        timeouts,
+        counters: gw.metrics.limits.clone(),
+        proxy_protocol,
+    });
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -426,6 +470,16 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        // PROXY protocol: a peer that is not a trusted proxy is closed before anything is read
+        // or written (it could otherwise name any client address)
+        if let Some(pp) = &listener_ctx.proxy_protocol
+            && !pp.trusts(peer)
+        {
+            pp.counts.untrusted.inc();
+            tracing::debug!(%peer, listener = pp.listener, "PROXY protocol: peer is not in client_ip.trusted_proxies; connection closed");
+            drop(stream);
+            continue;
+        }
         // over the connection limit: a plain-HTTP client is told 503, a TLS one is closed
         if open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
             open.fetch_sub(1, Ordering::AcqRel);
@@ -442,73 +496,24 @@ async fn accept_loop(
         gw.metrics.connections.inc();
         let _ = stream.set_nodelay(true);
         let state = guard::ConnState::new();
-        let counters = gw.metrics.limits.clone();
-        let services = svc.clone();
-        let conn = Arc::new(Conn::new(peer));
-        let svc_state = state.clone();
-        let svc = service_fn(move |req| {
-            let services = services.clone();
-            let conn = conn.clone();
-            let request = svc_state.request_started();
-            let state = svc_state.clone();
-            async move {
-                let resp = dispatch(services, role, conn, req).await;
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    state.mark_upgraded();
-                } else if resp.status() == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
-                    state.mark_own_431();
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let ctx = listener_ctx.clone();
+        tokio::spawn(async move {
+            // counted against limits.max_connections from here, the PROXY header's read included
+            let _slot = slot_guard;
+            match &ctx.proxy_protocol {
+                None => serve(&ctx, stream, peer, acceptor, state, watcher).await,
+                Some(pp) => {
+                    let mut stream = stream;
+                    let Some((client, leftover)) = pp.read(&mut stream, peer).await else {
+                        return;
+                    };
+                    let stream = PrefixedStream::new(leftover, stream);
+                    serve(&ctx, stream, client, acceptor, state, watcher).await
                 }
-                let (parts, body) = resp.into_parts();
-                Ok::<_, std::convert::Infallible>(http::Response::from_parts(
-                    parts,
-                    guard::TrackedBody::wrap(body, request),
-                ))
             }
         });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        match tls.as_ref().map(|t| t.acceptor()) {
-            None => {
-                tokio::spawn(async move {
-                    let _slot = slot_guard;
-                    let io = guard::Guarded::new(stream, state, timeouts, counters);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                tokio::spawn(async move {
-                    let _slot = slot_guard;
-                    let tls_stream = match tokio::time::timeout(
-                        Duration::from_secs(10),
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let io = guard::Guarded::new(tls_stream, state, timeouts, counters);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
-            }
-        }
     }
     drop(listener);
     tracing::info!(
@@ -523,6 +528,156 @@ async fn accept_loop(
             ?grace,
             "shutdown grace period over; closing remaining connections"
         );
+    }
+}
+
+/// What every connection of one listener shares.
+struct ListenerCtx {
+    role: Role,
+    services: Arc<Services>,
+    builder: auto::Builder<TokioExecutor>,
+    timeouts: guard::Timeouts,
+    counters: Arc<crate::telemetry::LimitCounters>,
+    /// `Some` on a listener with `proxy_protocol: true`.
+    proxy_protocol: Option<ProxyProtocolGate>,
+}
+
+/// The TLS handshake (when the listener has TLS), then HTTP on the connection. `client` is the
+/// address every check sees: the TCP peer, or the one its PROXY header carried.
+async fn serve<I>(
+    ctx: &ListenerCtx,
+    io: I,
+    client: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<guard::ConnState>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(acceptor) = tls else {
+        return serve_http(ctx, io, client, state, watcher).await;
+    };
+    let tls_stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(io)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %client, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %client, "TLS handshake timed out");
+            return;
+        }
+    };
+    serve_http(ctx, tls_stream, client, state, watcher).await
+}
+
+async fn serve_http<I>(
+    ctx: &ListenerCtx,
+    io: I,
+    client: SocketAddr,
+    state: Arc<guard::ConnState>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let services = ctx.services.clone();
+    let role = ctx.role;
+    let conn = Arc::new(Conn::new(client));
+    let svc_state = state.clone();
+    let svc = service_fn(move |req| {
+        let services = services.clone();
+        let conn = conn.clone();
+        let request = svc_state.request_started();
+        let state = svc_state.clone();
+        async move {
+            let resp = dispatch(services, role, conn, req).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                state.mark_upgraded();
+            } else if resp.status() == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+                state.mark_own_431();
+            }
+            let (parts, body) = resp.into_parts();
+            Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                parts,
+                guard::TrackedBody::wrap(body, request),
+            ))
+        }
+    });
+    let io = guard::Guarded::new(io, state, ctx.timeouts, ctx.counters.clone());
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %client, "connection ended: {e}");
+    }
+}
+
+/// A listener's PROXY protocol: who may send the header, how long it may take, what is counted.
+struct ProxyProtocolGate {
+    trusted: Vec<ipnet::IpNet>,
+    header_timeout: Duration,
+    counts: ProxyProtocolCounts,
+    listener: &'static str,
+}
+
+/// `obsgate_proxy_protocol_total{result}`, resolved once per listener.
+struct ProxyProtocolCounts {
+    ok: prometheus::IntCounter,
+    local: prometheus::IntCounter,
+    untrusted: prometheus::IntCounter,
+    malformed: prometheus::IntCounter,
+    timeout: prometheus::IntCounter,
+}
+
+impl ProxyProtocolCounts {
+    fn new(m: &Metrics) -> ProxyProtocolCounts {
+        let c = |r: &str| m.proxy_protocol.with_label_values(&[r]);
+        ProxyProtocolCounts {
+            ok: c("ok"),
+            local: c("local"),
+            untrusted: c("untrusted"),
+            malformed: c("malformed"),
+            timeout: c("timeout"),
+        }
+    }
+}
+
+impl ProxyProtocolGate {
+    fn trusts(&self, peer: SocketAddr) -> bool {
+        let ip = crate::auth::canonical(peer.ip());
+        self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Reads the header within `limits.header_read_timeout`: the client address (the peer for
+    /// v2 LOCAL and v1 UNKNOWN) and the bytes read after the header. `None`: close.
+    async fn read(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(SocketAddr, bytes::Bytes)> {
+        let read = proxy_protocol::read_header(stream);
+        match tokio::time::timeout(self.header_timeout, read).await {
+            Ok(Ok((Some(client), rest))) => {
+                self.counts.ok.inc();
+                Some((client, rest))
+            }
+            Ok(Ok((None, rest))) => {
+                self.counts.local.inc();
+                Some((peer, rest))
+            }
+            Ok(Err(proxy_protocol::ReadError::Malformed(why))) => {
+                self.counts.malformed.inc();
+                tracing::debug!(%peer, listener = self.listener, reason = why, "PROXY protocol: no valid header; connection closed");
+                None
+            }
+            Err(_) => {
+                self.counts.timeout.inc();
+                tracing::debug!(%peer, listener = self.listener, "PROXY protocol: no header within limits.header_read_timeout; connection closed");
+                None
+            }
+        }
     }
 }
 

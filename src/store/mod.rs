@@ -1,7 +1,7 @@
 //! The policy store: an immutable [`Snapshot`] swapped atomically (no lock on the request
 //! path) and a bounded cache of resolved tokens that never outlives the snapshot it came from.
 
-mod json;
+pub(crate) mod json;
 pub mod layered;
 pub mod load;
 pub mod watch;

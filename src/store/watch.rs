@@ -21,7 +21,8 @@ pub struct FileStamp {
     meta: Option<(u64, u64, u64, i64, i64)>,
 }
 
-fn stamp(p: &Path) -> FileStamp {
+/// The fingerprint of one file.
+pub fn stamp(p: &Path) -> FileStamp {
     FileStamp {
         canonical: std::fs::canonicalize(p).ok(),
         meta: std::fs::metadata(p)
@@ -68,7 +69,9 @@ pub fn reload(
     }
 }
 
-/// Runs until `shutdown` resolves: polls the files and listens for SIGHUP.
+/// Runs until `shutdown` resolves: polls the files and listens for SIGHUP. The per-tenant
+/// controls file, when there is one, is polled (and reloaded on SIGHUP) on its own.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: Arc<Store>,
     paths: Vec<PathBuf>,
@@ -76,6 +79,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     interval: Duration,
     loaded: Vec<FileStamp>,
+    controls: Option<Arc<crate::controls::Controls>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last = loaded;
@@ -94,6 +98,10 @@ pub async fn run(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
             _ = shutdown.changed() => return,
         };
+        if let Some(c) = &controls {
+            let c = c.clone();
+            let _ = tokio::task::spawn_blocking(move || c.poll(forced)).await;
+        }
         let p = paths.clone();
         let now = match tokio::task::spawn_blocking(move || stamps(&p)).await {
             Ok(s) => s,

@@ -1,0 +1,426 @@
+//! Request tracing with OpenTelemetry: the W3C trace context a client sends (`traceparent`,
+//! `tracestate`) is continued, or a trace is started; each request gets a server span with
+//! children for authentication, the query rewrite and the upstream call; spans are exported by
+//! OTLP (HTTP/protobuf or gRPC) from a batch processor's own thread.
+//!
+//! With `tracing:` absent nothing here runs: the gateway holds no tracer and every request pays
+//! one `Option` check.
+
+use crate::config::{OtlpProtocol, TracingConfig};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The response header that names the request's trace.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// The gateway's tracer and the provider that exports its spans.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tracing")
+    }
+}
+
+impl Tracing {
+    /// Builds the exporter and the provider. Must run inside the Tokio runtime: the exporters'
+    /// connections live on it, while the batch processor's thread hands them the spans.
+    pub fn start(cfg: &TracingConfig) -> Result<Arc<Tracing>, String> {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+        let exporter = match cfg.protocol {
+            OtlpProtocol::Http => {
+                let client = ExportClient::new(cfg.timeout)?;
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(cfg.endpoint.clone())
+                    .with_timeout(cfg.timeout)
+                    .with_headers(cfg.headers.iter().cloned().collect())
+                    .with_http_client(client)
+                    .build()
+            }
+            OtlpProtocol::Grpc => {
+                let mut headers = HeaderMap::new();
+                for (k, v) in &cfg.headers {
+                    let name = http::HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| format!("tracing.headers: {k} is not valid gRPC metadata"))?;
+                    let value = HeaderValue::from_str(v)
+                        .map_err(|_| format!("tracing.headers: the value of {k} is not valid"))?;
+                    headers.insert(name, value);
+                }
+                let metadata =
+                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+                let mut b = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(cfg.endpoint.clone())
+                    .with_timeout(cfg.timeout)
+                    .with_metadata(metadata);
+                if cfg.endpoint.starts_with("https://") {
+                    b = b.with_tls_config(
+                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                            .with_native_roots(),
+                    );
+                }
+                b.build()
+            }
+        }
+        .map_err(|e| format!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let ratio = Sampler::TraceIdRatioBased(cfg.sample_ratio);
+        let sampler = if cfg.parent_based {
+            Sampler::ParentBased(Box::new(ratio))
+        } else {
+            ratio
+        };
+        let resource = opentelemetry_sdk::Resource::builder_empty()
+            .with_service_name(cfg.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(sampler)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("obsgate");
+        Ok(Arc::new(Tracing {
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+        }))
+    }
+
+    /// The server span of one request, continuing the client's trace context if it sent one.
+    /// `parent_based: false` ignores the client's sampling flag, not its trace.
+    pub fn request(&self, name: String, headers: &HeaderMap, attrs: Vec<KeyValue>) -> RequestTrace {
+        use opentelemetry::propagation::TextMapPropagator;
+        let parent = if headers.contains_key(TRACEPARENT) {
+            self.propagator
+                .extract(&opentelemetry_http::HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, &parent);
+        RequestTrace {
+            cx: parent.with_span(span),
+            tracer: self.tracer.clone(),
+        }
+    }
+
+    /// Exports what is queued; called once at shutdown, off the runtime's threads.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            tracing::warn!("tracing: spans not exported at shutdown: {e}");
+        }
+    }
+}
+
+/// One request's trace: its server span, ended by [`RequestTrace::finish`] (or when dropped).
+pub struct RequestTrace {
+    cx: Context,
+    tracer: SdkTracer,
+}
+
+impl RequestTrace {
+    /// The trace ID, 32 lowercase hex digits (also when the trace is not sampled).
+    pub fn trace_id(&self) -> String {
+        format!("{:032x}", self.cx.span().span_context().trace_id())
+    }
+
+    /// `X-Trace-Id` for the response.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::try_from(self.trace_id()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    /// A child span of the request's span.
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
+        ChildSpan(
+            self.tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .start_with_context(&self.tracer, &self.cx),
+        )
+    }
+
+    pub fn set_attribute(&self, kv: KeyValue) {
+        self.cx.span().set_attribute(kv);
+    }
+
+    /// Ends the request's span with its status code (5xx marks it as an error).
+    pub fn finish(self, status: u16) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            span.set_status(Status::error(format!("HTTP {status}")));
+        }
+        span.end();
+    }
+}
+
+/// A span inside a request: authentication, the rewrite of a query, the upstream call.
+pub struct ChildSpan(opentelemetry_sdk::trace::Span);
+
+impl ChildSpan {
+    pub fn set_attribute(&mut self, kv: KeyValue) {
+        self.0.set_attribute(kv);
+    }
+
+    pub fn fail(&mut self, message: String) {
+        self.0.set_status(Status::error(message));
+    }
+
+    /// Writes this span's context as the `traceparent` (and the trace's `tracestate`) of the
+    /// request sent upstream, replacing whatever the client sent.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let sc: &SpanContext = self.0.span_context();
+        let tp = format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        if let Ok(v) = HeaderValue::try_from(tp) {
+            headers.insert(TRACEPARENT, v);
+        }
+        let ts = sc.trace_state().header();
+        match HeaderValue::try_from(ts) {
+            Ok(v) if !v.is_empty() => {
+                headers.insert(TRACESTATE, v);
+            }
+            _ => {
+                headers.remove(TRACESTATE);
+            }
+        }
+    }
+
+    pub fn end(mut self) {
+        self.0.end();
+    }
+}
+
+/// The OTLP/HTTP exporter's client: hyper on the gateway's runtime. The batch processor calls
+/// it from its own thread, so each export is spawned onto the runtime and awaited from there.
+#[derive(Debug)]
+struct ExportClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<Bytes>,
+    >,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
+
+/// Most of a collector's answer read (it is a small protobuf message).
+const MAX_EXPORT_RESPONSE: usize = 1 << 20;
+
+impl ExportClient {
+    fn new(timeout: Duration) -> Result<ExportClient, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "tracing: the exporter must start on the runtime".to_string())?;
+        let tls = crate::tls::client_config(None)?;
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(https);
+        Ok(ExportClient {
+            client,
+            runtime,
+            timeout,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for ExportClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+        use http_body_util::BodyExt;
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        let (parts, body) = request.into_parts();
+        let request = http::Request::from_parts(parts, http_body_util::Full::new(body));
+        let task = self.runtime.spawn(async move {
+            let exchange = async {
+                let response = client.request(request).await?;
+                let (parts, body) = response.into_parts();
+                let body = http_body_util::Limited::new(body, MAX_EXPORT_RESPONSE)
+                    .collect()
+                    .await?
+                    .to_bytes();
+                Ok::<_, opentelemetry_http::HttpError>(http::Response::from_parts(parts, body))
+            };
+            match tokio::time::timeout(timeout, exchange).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {timeout:?}").into()),
+            }
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("export task failed: {e}").into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(ratio: f64, parent_based: bool) -> TracingConfig {
+        TracingConfig {
+            // nothing listens here: these tests never wait for an export
+            endpoint: "http://127.0.0.1:9/v1/traces".into(),
+            protocol: OtlpProtocol::Http,
+            sample_ratio: ratio,
+            parent_based,
+            service_name: "obsgate".into(),
+            headers: vec![],
+            timeout: Duration::from_millis(200),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const PARENT_UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+
+    fn traceparent_of(span: &ChildSpan) -> (String, HeaderMap) {
+        let mut out = headers(&[(
+            "traceparent",
+            "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01",
+        )]);
+        span.inject(&mut out);
+        (
+            out.get("traceparent")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string(),
+            out,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_clients_trace_is_continued_and_its_sampling_followed() {
+        let t = Tracing::start(&cfg(0.0, true)).unwrap();
+        let rt = t.request(
+            "GET /api/v1/query".into(),
+            &headers(&[("traceparent", PARENT), ("tracestate", "vendor=x")]),
+            vec![],
+        );
+        assert_eq!(rt.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(rt.header_value(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let up = rt.child("upstream", SpanKind::Client);
+        let (tp, out) = traceparent_of(&up);
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+        assert_ne!(
+            parts[2], "00f067aa0ba902b7",
+            "a span of ours is the parent upstream"
+        );
+        assert_eq!(
+            parts[3], "01",
+            "sampled parent: sampled, ratio 0 notwithstanding"
+        );
+        assert_eq!(out.get("tracestate").unwrap(), "vendor=x");
+        up.end();
+        rt.finish(200);
+        t.shutdown();
+    }
+
+    #[tokio::test]
+    async fn without_parent_based_the_ratio_decides() {
+        let t = Tracing::start(&cfg(0.0, false)).unwrap();
+        let rt = t.request(
+            "GET /x".into(),
+            &headers(&[("traceparent", PARENT)]),
+            vec![],
+        );
+        assert_eq!(
+            rt.trace_id(),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "trace kept"
+        );
+        let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
+        assert!(tp.ends_with("-00"), "{tp}: ratio 0 samples nothing");
+        let t1 = Tracing::start(&cfg(1.0, true)).unwrap();
+        let rt = t1.request(
+            "GET /x".into(),
+            &headers(&[("traceparent", PARENT_UNSAMPLED)]),
+            vec![],
+        );
+        let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
+        assert!(tp.ends_with("-00"), "{tp}: an unsampled parent is followed");
+        t.shutdown();
+        t1.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_new_trace_without_or_with_a_broken_traceparent() {
+        let t = Tracing::start(&cfg(1.0, true)).unwrap();
+        for h in [
+            headers(&[]),
+            headers(&[("traceparent", "garbage")]),
+            headers(&[(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )]),
+            headers(&[(
+                "traceparent",
+                &format!("{PARENT}-extra-{}", "a".repeat(4000)),
+            )]),
+        ] {
+            let rt = t.request("GET /x".into(), &h, vec![]);
+            let id = rt.trace_id();
+            assert_eq!(id.len(), 32);
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_ne!(id, "0".repeat(32));
+            assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            let (tp, out) = traceparent_of(&rt.child("upstream", SpanKind::Client));
+            assert!(tp.starts_with(&format!("00-{id}-")), "{tp}");
+            assert!(tp.ends_with("-01"), "ratio 1: sampled");
+            assert!(out.get("tracestate").is_none());
+        }
+        t.shutdown();
+    }
+}
