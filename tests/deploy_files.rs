@@ -735,13 +735,22 @@ fn the_grace_period_covers_the_shutdown_grace() {
         .as_str()
         .map(prom_duration)
         .unwrap_or(Duration::from_secs(30));
-    // a preStop sleep runs inside the same grace period, before SIGTERM
+    // the drain before obsgate stops accepting runs inside the same grace period, and so would
+    // a preStop sleep before SIGTERM
+    let delay = g["server"]["shutdown_delay"]
+        .as_str()
+        .map(prom_duration)
+        .unwrap_or(Duration::ZERO);
+    assert!(
+        delay >= Duration::from_secs(1),
+        "server.shutdown_delay must give load balancers time to take the pod out ({delay:?})"
+    );
     let pre_stop = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
         .as_u64()
         .unwrap_or(0);
     assert!(
-        Duration::from_secs(tgps) > grace + Duration::from_secs(pre_stop),
-        "terminationGracePeriodSeconds {tgps} must exceed preStop {pre_stop}s + shutdown_grace {grace:?}"
+        Duration::from_secs(tgps) > grace + delay + Duration::from_secs(pre_stop),
+        "terminationGracePeriodSeconds {tgps} must exceed preStop {pre_stop}s + shutdown_delay {delay:?} + shutdown_grace {grace:?}"
     );
 }
 

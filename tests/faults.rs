@@ -362,3 +362,43 @@ async fn thousands_of_idle_connections_do_not_stop_service() {
     assert!(closed.is_some(), "{}", g.gateway.metrics.connections.get());
     g.shutdown().await;
 }
+
+/// `server.shutdown_delay`: after the signal, `/ready` says 503 while requests (on new
+/// connections too) are still served; only then does obsgate stop accepting.
+#[tokio::test]
+async fn shutdown_delay_drains_with_ready_503_while_still_serving() {
+    let up = Upstream::start().await;
+    let yaml = gateway_yaml(&backend("metrics", "mimir", &up.url(), ""), "").replace(
+        "  shutdown_grace: 10s\n",
+        "  shutdown_grace: 10s\n  shutdown_delay: 1500ms\n",
+    );
+    let setup = Setup::new(&yaml, &policies());
+    let gw = setup.start().await;
+    let addr = gw.shared_addr();
+    assert_eq!(send(&client(), get(addr, "/ready", None)).await.status, 200);
+    let t0 = Instant::now();
+    let stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // a fresh client: a new connection is still accepted during the delay
+    assert_eq!(send(&client(), get(addr, "/ready", None)).await.status, 503);
+    assert_eq!(send(&client(), get(addr, "/live", None)).await.status, 200);
+    let r = send(
+        &client(),
+        get(
+            addr,
+            "/prometheus/api/v1/query?query=up",
+            Some(&basic("team-a", &tok("rw"))),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "requests are served while draining");
+    stopping.await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "waited the delay"
+    );
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "then stopped accepting"
+    );
+}

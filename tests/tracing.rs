@@ -687,3 +687,53 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test]
+async fn a_request_the_tenant_controls_refuse_says_so_in_its_auth_span() {
+    let up = Upstream::start().await;
+    let rx = Receiver::start().await;
+    let yaml = tracing_yaml(&up, &rx, "http", "1", "").replace(
+        "  poll_interval: 100ms\n",
+        "  poll_interval: 100ms\n  controls_file: controls.yaml\n",
+    );
+    let setup = Setup::new(&yaml, &policies());
+    std::fs::write(
+        setup.path("controls.yaml"),
+        "tenants:\n  - tenant: team-a\n    block: { reads: true, status: 503, message: incident }\n",
+    )
+    .unwrap();
+    let gw = setup.start().await;
+    let r = send(
+        &client(),
+        traced_get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=up",
+            "rw",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    let trace = r
+        .headers
+        .get("x-trace-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(up.requests().is_empty());
+    gw.shutdown().await;
+    let spans: Vec<GotSpan> = rx
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == trace)
+        .collect();
+    let auth = spans.iter().find(|s| s.name == "auth").expect("auth span");
+    assert_eq!(auth.attr("obsgate.decision"), Some("deny"));
+    assert_eq!(auth.attr("obsgate.controls"), Some("blocked_reads"));
+    assert_eq!(auth.attr("obsgate.status"), Some("503"));
+    let server = spans.iter().find(|s| s.kind == 2).unwrap();
+    assert_eq!(server.attr("obsgate.tenant"), Some("team-a"));
+    assert!(server.error, "a 503 marks the request's span");
+    assert!(spans.iter().all(|s| s.name != "upstream"));
+}

@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// How long in-flight requests may run after SIGTERM before connections are cut.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long obsgate keeps serving (and accepting) with `/ready` answering
+    /// 503, before it stops accepting: load balancers take it out of rotation first.
+    pub shutdown_delay: Duration,
     /// `server.proxy_protocol`: connections to the shared listener start with a PROXY
     /// protocol header (v1 or v2), accepted from `client_ip.trusted_proxies` only.
     pub proxy_protocol: bool,
@@ -386,6 +389,7 @@ struct RawServer {
     listen: Option<SocketAddr>,
     tls: Option<RawTls>,
     shutdown_grace: Option<PromDuration>,
+    shutdown_delay: Option<PromDuration>,
     proxy_protocol: Option<Spanned<bool>>,
 }
 
@@ -613,6 +617,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, FileErrors> {
             .shutdown_grace
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(30)),
+        shutdown_delay: raw_server
+            .shutdown_delay
+            .map(|d| d.0)
+            .unwrap_or(Duration::ZERO),
         proxy_protocol: server_proxy_protocol,
     };
 

@@ -246,3 +246,144 @@ impl<'de> Deserialize<'de> for RawHeaders {
         d.deserialize_map(V)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(yaml: &str) -> Result<Option<TracingConfig>, String> {
+        crate::config::parse(Path::new("/etc/obsgate/gateway.yaml"), yaml)
+            .map(|c| c.tracing)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_the_otlp_http_path() {
+        assert!(parse("").unwrap().is_none(), "no section: tracing off");
+        let t = parse("tracing:\n  endpoint: http://tempo:4318\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.endpoint, "http://tempo:4318/v1/traces");
+        assert_eq!(t.protocol, OtlpProtocol::Http);
+        assert_eq!(t.sample_ratio, DEFAULT_SAMPLE_RATIO);
+        assert!(t.parent_based);
+        assert_eq!(t.service_name, "obsgate");
+        assert_eq!(t.timeout, DEFAULT_EXPORT_TIMEOUT);
+        let t = parse("tracing:\n  endpoint: https://otlp.example/otlp/v1/traces\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.endpoint, "https://otlp.example/otlp/v1/traces",
+            "a path is kept"
+        );
+        let t = parse(
+            "tracing:\n  endpoint: http://tempo:4317\n  protocol: grpc\n  sample_ratio: 0.25\n  parent_based: false\n  service_name: edge-gw\n  timeout: 3s\n  headers:\n    X-Scope-OrgID: ops\n    Authorization: Basic c2VjcmV0\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.endpoint, "http://tempo:4317");
+        assert_eq!(t.protocol, OtlpProtocol::Grpc);
+        assert_eq!(t.sample_ratio, 0.25);
+        assert!(!t.parent_based);
+        assert_eq!(t.service_name, "edge-gw");
+        assert_eq!(t.timeout, Duration::from_secs(3));
+        assert_eq!(
+            t.headers,
+            vec![
+                ("x-scope-orgid".to_string(), "ops".to_string()),
+                ("authorization".to_string(), "Basic c2VjcmV0".to_string())
+            ]
+        );
+        let d = t.describe();
+        assert!(d.contains("x-scope-orgid, authorization"), "{d}");
+        assert!(
+            !d.contains("c2VjcmV0"),
+            "header values are never printed: {d}"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        for (yaml, line, msg) in [
+            (
+                "tracing:\n  protocol: http\n",
+                2,
+                "tracing.endpoint is required",
+            ),
+            (
+                "tracing:\n  endpoint: tempo:4318\n",
+                2,
+                "not an http:// or https:// URL",
+            ),
+            (
+                "tracing:\n  endpoint: ftp://tempo\n",
+                2,
+                "not an http:// or https:// URL",
+            ),
+            (
+                "tracing:\n  endpoint: http://tempo:4317/v1/traces\n  protocol: grpc\n",
+                2,
+                "without a path",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  sample_ratio: 1.5\n",
+                3,
+                "between 0 and 1",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  sample_ratio: -0.1\n",
+                3,
+                "between 0 and 1",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  service_name: \"\"\n",
+                3,
+                "must not be empty",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  headers:\n    \"bad name\": x\n",
+                4,
+                "not a valid header name",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  headers:\n    a: x\n    A: y\n",
+                5,
+                "given twice",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  protocol: thrift\n",
+                3,
+                "thrift",
+            ),
+            (
+                "tracing:\n  endpoint: http://t\n  sampler: always\n",
+                3,
+                "sampler",
+            ),
+        ] {
+            let e = parse(yaml).expect_err(yaml);
+            assert!(
+                e.contains(&format!("gateway.yaml:{line}:")),
+                "{yaml:?}: {e}"
+            );
+            assert!(e.contains(msg), "{yaml:?}: {e}");
+        }
+        // a header value may be a credential: its error never repeats it
+        let e =
+            parse("tracing:\n  endpoint: http://t\n  headers:\n    authorization: \"sec\\nret\"\n")
+                .unwrap_err();
+        assert!(e.contains("the value of authorization"), "{e}");
+        assert!(!e.contains("sec"), "{e}");
+    }
+
+    #[test]
+    fn log_format() {
+        let c = crate::config::parse(Path::new("g.yaml"), "log:\n  format: json\n").unwrap();
+        assert_eq!(c.log.format, crate::config::LogFormat::Json);
+        let c = crate::config::parse(Path::new("g.yaml"), "").unwrap();
+        assert_eq!(c.log.format, crate::config::LogFormat::Text);
+        let e = crate::config::parse(Path::new("g.yaml"), "log:\n  format: logfmt\n").unwrap_err();
+        assert!(e.to_string().contains("g.yaml:2:"), "{e}");
+    }
+}

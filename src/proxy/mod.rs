@@ -447,20 +447,27 @@ async fn authorize_and_forward(
     audit.client_ip = Some(client_ip);
     let auth_span = trace.map(|t| t.child("auth", opentelemetry::trace::SpanKind::Internal));
     let authorized = authorize(gw, Mode::Proxy, &route, client_ip, req.headers(), audit);
+    // per-tenant controls: blocks, rate and in-flight limits (src/controls.rs)
+    let decided = authorized.and_then(|(org_id, enforcement)| {
+        audit.tenant = Some(org_id.clone());
+        let admitted = crate::controls::admit(
+            gw.controls.as_deref(),
+            route.scope,
+            &org_id,
+            audit.identity.as_deref(),
+            crate::controls::Check::Proxy,
+        )?;
+        Ok((org_id, enforcement, admitted))
+    });
     if let (Some(mut s), Some(t)) = (auth_span, trace) {
-        trace_decision(&mut s, t, &authorized, audit, client_ip);
+        let r = match &decided {
+            Ok((o, e, _)) => Ok((o.as_str(), e)),
+            Err(f) => Err(f),
+        };
+        trace_decision(&mut s, t, r, audit, client_ip);
         s.end();
     }
-    let (org_id, enforcement) = authorized?;
-    audit.tenant = Some(org_id.clone());
-    // per-tenant controls: blocks, rate and in-flight limits (src/controls.rs)
-    let admitted = crate::controls::admit(
-        gw.controls.as_deref(),
-        route.scope,
-        &org_id,
-        audit.identity.as_deref(),
-        crate::controls::Check::Proxy,
-    )?;
+    let (org_id, enforcement, admitted) = decided?;
     gw.metrics.handles().allowed(Mode::Proxy).inc();
     let up = gw.upstreams.get(route.slot).ok_or_else(|| {
         Failure::NotFound(format!("backend {} is not configured", route.slot.as_str()))
@@ -488,7 +495,7 @@ async fn authorize_and_forward(
 fn trace_decision(
     s: &mut crate::otel::ChildSpan,
     t: &crate::otel::RequestTrace,
-    r: &Result<(String, Enforcement), Failure>,
+    r: Result<(&str, &Enforcement), &Failure>,
     audit: &AuditCtx,
     client_ip: IpAddr,
 ) {
@@ -500,7 +507,7 @@ fn trace_decision(
     }
     match r {
         Ok((org_id, enforcement)) => {
-            t.set_attribute(KeyValue::new("obsgate.tenant", org_id.clone()));
+            t.set_attribute(KeyValue::new("obsgate.tenant", org_id.to_string()));
             s.set_attribute(KeyValue::new("obsgate.decision", "allow"));
             s.set_attribute(KeyValue::new(
                 "obsgate.label_policies",
@@ -512,11 +519,17 @@ fn trace_decision(
             ));
         }
         Err(f) => {
+            if let Some(tenant) = &audit.tenant {
+                t.set_attribute(KeyValue::new("obsgate.tenant", tenant.clone()));
+            }
             s.set_attribute(KeyValue::new("obsgate.decision", "deny"));
             s.set_attribute(KeyValue::new(
                 "obsgate.status",
                 i64::from(f.status().as_u16()),
             ));
+            if let Failure::Controlled(r) = f {
+                s.set_attribute(KeyValue::new("obsgate.controls", r.reason.as_str()));
+            }
         }
     }
 }

@@ -88,8 +88,18 @@ impl Running {
         &self.gateway.store
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), returns.
+    /// Turns `/ready` to 503 and keeps serving for `server.shutdown_delay`, then stops
+    /// accepting, lets in-flight requests finish (up to `server.shutdown_grace`), returns.
     pub async fn shutdown(self) {
+        let delay = self.gateway.config.server.shutdown_delay;
+        self.services.ready.store(false, Ordering::Release);
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutting down: /ready answers 503, still serving for server.shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.shutdown.send(true);
         for t in &self.background {
             t.abort();
@@ -326,9 +336,11 @@ pub async fn start_with(config: Config, options: StartOptions) -> Result<Running
         sockets.push((role, l));
     }
     for (role, l) in sockets {
-        let local = l.local_addr().ok();
+        let local = l
+            .local_addr()
+            .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
         let proxy_protocol = role.proxy_protocol(&config);
-        tracing::info!(listener = role.label(), addr = ?local, tls = tls.is_some(), proxy_protocol, "listening");
+        tracing::info!(listener = role.label(), addr = %local, tls = tls.is_some(), proxy_protocol, "listening");
         tasks.push(tokio::spawn(accept_loop(
             l,
             role,
