@@ -479,6 +479,37 @@ impl ControlSet {
                 .filter(|t| !tokens.contains(t.as_str()))
                 .map(|t| format!("token {t:?} is not defined in the policy files")),
         );
+        notes.extend(self.escapes_from_any());
+        notes.sort();
+        notes
+    }
+
+    /// Tenants whose own entry leaves out a limit the `"*"` entry sets: an entry replaces
+    /// `"*"` whole, so adding one (a block during an incident, say) lifts that limit for it.
+    pub fn escapes_from_any(&self) -> Vec<String> {
+        let Some(any) = &self.any_tenant else {
+            return Vec::new();
+        };
+        let mut notes: Vec<String> = self
+            .tenants
+            .iter()
+            .filter_map(|(t, e)| {
+                let mut lifted = Vec::new();
+                if any.rate.is_some() && e.rate.is_none() {
+                    lifted.push("rate_limit");
+                }
+                if any.inflight.is_some() && e.inflight.is_none() {
+                    lifted.push("max_inflight");
+                }
+                (!lifted.is_empty()).then(|| {
+                    format!(
+                        "tenant {t:?} has its own entry without {}: the \"*\" entry's {} no longer applies to it",
+                        lifted.join(" and "),
+                        lifted.join(" and ")
+                    )
+                })
+            })
+            .collect();
         notes.sort();
         notes
     }
@@ -725,6 +756,9 @@ impl Controls {
     }
 
     fn install(&self, mut set: ControlSet) {
+        for note in set.escapes_from_any() {
+            tracing::warn!(file = %self.path.display(), "per-tenant controls: {note}");
+        }
         set.carry(&self.set.load());
         let m = &self.metrics;
         m.controls_blocks_active.set(set.blocks_active() as i64);
@@ -1824,6 +1858,39 @@ tokens:
         assert!(
             e[0].starts_with("/nonexistent/controls.yaml:1:1: cannot read controls file"),
             "{e:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod escapes {
+    use super::*;
+
+    #[test]
+    fn an_entry_that_leaves_out_a_limit_of_star_is_named() {
+        let s = parse(
+            Path::new("c.yaml"),
+            "tenants:\n  - tenant: \"*\"\n    rate_limit: { requests_per_second: 5 }\n    max_inflight: 10\n  - tenant: team-a\n    block: { writes: true }\n  - tenant: team-b\n    rate_limit: { requests_per_second: 50 }\n  - tenant: team-c\n    rate_limit: { requests_per_second: 50 }\n    max_inflight: 3\n",
+        )
+        .unwrap();
+        let notes = s.escapes_from_any();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("\"team-a\"") && notes[0].contains("rate_limit and max_inflight"),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].contains("\"team-b\"") && notes[1].contains("without max_inflight"),
+            "{notes:?}"
+        );
+        let none = parse(
+            Path::new("c.yaml"),
+            "tenants:\n  - tenant: team-a\n    block: { writes: true }\n",
+        )
+        .unwrap();
+        assert!(
+            none.escapes_from_any().is_empty(),
+            "no \"*\" entry: nothing escapes"
         );
     }
 }

@@ -28,6 +28,8 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// `tracing.continue_client_traces`
+    continue_client: bool,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -39,7 +41,10 @@ impl std::fmt::Debug for Tracing {
 impl Tracing {
     /// Builds the exporter and the provider. Must run inside the Tokio runtime: the exporters'
     /// connections live on it, while the batch processor's thread hands them the spans.
-    pub fn start(cfg: &TracingConfig) -> Result<Arc<Tracing>, String> {
+    pub fn start(
+        cfg: &TracingConfig,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Arc<Tracing>, String> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
         let exporter = match cfg.protocol {
             OtlpProtocol::Http => {
@@ -78,6 +83,12 @@ impl Tracing {
             }
         }
         .map_err(|e| format!("tracing: cannot build the OTLP exporter: {e}"))?;
+        let exporter = Counted {
+            inner: exporter,
+            spans_ok: metrics.trace_spans.with_label_values(&["success"]),
+            spans_failed: metrics.trace_spans.with_label_values(&["failure"]),
+            last_warning: std::sync::Mutex::new(None),
+        };
         let ratio = Sampler::TraceIdRatioBased(cfg.sample_ratio);
         let sampler = if cfg.parent_based {
             Sampler::ParentBased(Box::new(ratio))
@@ -98,6 +109,7 @@ impl Tracing {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            continue_client: cfg.continue_client_traces,
         }))
     }
 
@@ -105,7 +117,7 @@ impl Tracing {
     /// `parent_based: false` ignores the client's sampling flag, not its trace.
     pub fn request(&self, name: String, headers: &HeaderMap, attrs: Vec<KeyValue>) -> RequestTrace {
         use opentelemetry::propagation::TextMapPropagator;
-        let parent = if headers.contains_key(TRACEPARENT) {
+        let parent = if self.continue_client && headers.contains_key(TRACEPARENT) {
             self.propagator
                 .extract(&opentelemetry_http::HeaderExtractor(headers))
         } else {
@@ -128,6 +140,55 @@ impl Tracing {
         if let Err(e) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
             tracing::warn!("tracing: spans not exported at shutdown: {e}");
         }
+    }
+}
+
+/// The OTLP exporter, counting the spans it exported and those it could not, and logging a
+/// failure (at most once a minute: a receiver that is down fails every batch).
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    spans_ok: prometheus::IntCounter,
+    spans_failed: prometheus::IntCounter,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Counted<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let n = batch.len() as u64;
+        let r = self.inner.export(batch).await;
+        match &r {
+            Ok(()) => self.spans_ok.inc_by(n),
+            Err(e) => {
+                self.spans_failed.inc_by(n);
+                let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    *last = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        spans = n,
+                        "tracing: OTLP export failed (spans dropped; logged at most once a minute): {e}"
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
     }
 }
 
@@ -296,6 +357,18 @@ impl opentelemetry_http::HttpClient for ExportClient {
 mod tests {
     use super::*;
 
+    fn m() -> crate::telemetry::Metrics {
+        crate::telemetry::Metrics::new()
+    }
+
+    /// The provider's shutdown waits for the batch thread, whose exports run on the runtime:
+    /// never on a runtime thread.
+    async fn stop(t: Arc<Tracing>) {
+        tokio::task::spawn_blocking(move || t.shutdown())
+            .await
+            .unwrap();
+    }
+
     fn cfg(ratio: f64, parent_based: bool) -> TracingConfig {
         TracingConfig {
             // nothing listens here: these tests never wait for an export
@@ -303,6 +376,7 @@ mod tests {
             protocol: OtlpProtocol::Http,
             sample_ratio: ratio,
             parent_based,
+            continue_client_traces: true,
             service_name: "obsgate".into(),
             headers: vec![],
             timeout: Duration::from_millis(200),
@@ -339,9 +413,9 @@ mod tests {
         )
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clients_trace_is_continued_and_its_sampling_followed() {
-        let t = Tracing::start(&cfg(0.0, true)).unwrap();
+        let t = Tracing::start(&cfg(0.0, true), &m()).unwrap();
         let rt = t.request(
             "GET /api/v1/query".into(),
             &headers(&[("traceparent", PARENT), ("tracestate", "vendor=x")]),
@@ -365,12 +439,12 @@ mod tests {
         assert_eq!(out.get("tracestate").unwrap(), "vendor=x");
         up.end();
         rt.finish(200);
-        t.shutdown();
+        stop(t).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_parent_based_the_ratio_decides() {
-        let t = Tracing::start(&cfg(0.0, false)).unwrap();
+        let t = Tracing::start(&cfg(0.0, false), &m()).unwrap();
         let rt = t.request(
             "GET /x".into(),
             &headers(&[("traceparent", PARENT)]),
@@ -383,7 +457,7 @@ mod tests {
         );
         let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
         assert!(tp.ends_with("-00"), "{tp}: ratio 0 samples nothing");
-        let t1 = Tracing::start(&cfg(1.0, true)).unwrap();
+        let t1 = Tracing::start(&cfg(1.0, true), &m()).unwrap();
         let rt = t1.request(
             "GET /x".into(),
             &headers(&[("traceparent", PARENT_UNSAMPLED)]),
@@ -391,13 +465,13 @@ mod tests {
         );
         let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
         assert!(tp.ends_with("-00"), "{tp}: an unsampled parent is followed");
-        t.shutdown();
-        t1.shutdown();
+        stop(t).await;
+        stop(t1).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_trace_without_or_with_a_broken_traceparent() {
-        let t = Tracing::start(&cfg(1.0, true)).unwrap();
+        let t = Tracing::start(&cfg(1.0, true), &m()).unwrap();
         for h in [
             headers(&[]),
             headers(&[("traceparent", "garbage")]),
@@ -421,6 +495,6 @@ mod tests {
             assert!(tp.ends_with("-01"), "ratio 1: sampled");
             assert!(out.get("tracestate").is_none());
         }
-        t.shutdown();
+        stop(t).await;
     }
 }

@@ -175,6 +175,8 @@ pub struct Metrics {
     pub limits: Arc<LimitCounters>,
     pub connections: IntGauge,
     pub tls_reloads: IntCounterVec,
+    /// `obsgate_trace_spans_exported_total{result}`: spans handed to the OTLP receiver.
+    pub trace_spans: IntCounterVec,
     /// `obsgate_tenant_controls_refused_total{reason}`: requests the per-tenant controls refused.
     pub controls_refused: IntCounterVec,
     /// `obsgate_controls_reloads_total{result}`: loads of `store.controls_file`.
@@ -378,6 +380,13 @@ impl Metrics {
                 Opts::new(
                     "obsgate_tls_reloads_total",
                     "Reloads of the gateway's TLS certificate, key and client CA, by result."
+                ),
+                &["result"]
+            )),
+            trace_spans: reg!(IntCounterVec::new(
+                Opts::new(
+                    "obsgate_trace_spans_exported_total",
+                    "Spans exported to the OTLP receiver (tracing:), by result: success, or failure (the batch was dropped)."
                 ),
                 &["result"]
             )),

@@ -72,6 +72,9 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The peer's address as an `X-Forwarded-For` entry.
     pub xff: HeaderValue,
+    /// `false` on a PROXY-protocol connection whose header named no client (v2 `LOCAL`, v1
+    /// `UNKNOWN`): the balancer is the peer, and forwarded headers are not believed.
+    pub believe_forwarded: bool,
 }
 
 impl Conn {
@@ -80,6 +83,16 @@ impl Conn {
             peer,
             xff: HeaderValue::from_str(&crate::auth::canonical(peer.ip()).to_string())
                 .expect("an IP address is a valid header value"),
+            believe_forwarded: true,
+        }
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed on this connection.
+    pub fn trusted<'a>(&self, configured: &'a [ipnet::IpNet]) -> &'a [ipnet::IpNet] {
+        if self.believe_forwarded {
+            configured
+        } else {
+            &[]
         }
     }
 }

@@ -318,7 +318,25 @@ async fn v2_local_and_v1_unknown_keep_the_peer() {
     let h = b"PROXY UNKNOWN 10.1.2.3 10.0.0.1 1 2\r\n";
     assert_eq!(ask(gw, h, Q, Some(&local)).await, 200);
     assert_eq!(last_xff(&up), "127.0.0.1");
-    assert_eq!(pp_count(&g, "local"), 5);
+    // the balancer (trusted) writes no X-Forwarded-For of its own: one on a LOCAL or UNKNOWN
+    // connection came from the client behind it and is not believed
+    for header in [encode::v2(None, &[]), encode::v1(None)] {
+        let mut all = header;
+        all.extend(request(Q, Some(&vpn), "x-forwarded-for: 10.1.2.3\r\n"));
+        assert_eq!(
+            status(&exchange(gw, &[&all]).await),
+            403,
+            "a forged 10.1.2.3 is not believed"
+        );
+        let mut all = encode::v2(None, &[]);
+        all.extend(request(Q, Some(&local), "x-forwarded-for: 10.1.2.3\r\n"));
+        assert_eq!(
+            status(&exchange(gw, &[&all]).await),
+            200,
+            "the client is the balancer"
+        );
+    }
+    assert_eq!(pp_count(&g, "local"), 9);
     assert_eq!(pp_count(&g, "ok"), 0);
     g.shutdown().await;
 }

@@ -571,6 +571,11 @@ async fn forward_auth_questions_are_traced() {
     assert_eq!(server.parent, CLIENT_SPAN);
     assert_eq!(server.attr("obsgate.mode"), Some("forward_auth"));
     assert_eq!(server.attr("http.response.status_code"), Some("403"));
+    assert_eq!(server.attr("obsgate.original.method"), Some("POST"));
+    assert_eq!(server.attr("obsgate.original.route"), Some("/api/v1/push"));
+    assert_eq!(server.attr("obsgate.decision"), Some("deny"));
+    assert_eq!(server.attr("obsgate.token"), Some("ro"));
+    assert_eq!(server.attr("obsgate.tenant"), Some("team-a"));
 }
 
 /// `obsgate serve` as a user runs it: JSON logs whose audit line carries the trace ID the
@@ -736,4 +741,142 @@ async fn a_request_the_tenant_controls_refuse_says_so_in_its_auth_span() {
     assert_eq!(server.attr("obsgate.tenant"), Some("team-a"));
     assert!(server.error, "a 503 marks the request's span");
     assert!(spans.iter().all(|s| s.name != "upstream"));
+}
+
+/// `obsgate serve` on the single-threaded scheduler: SIGTERM exports the queued spans before
+/// the process exits (the exporter runs on the runtime the shutdown must not block).
+#[tokio::test]
+async fn sigterm_exports_the_queued_spans_on_one_worker_thread() {
+    let up = Upstream::start().await;
+    let rx = Receiver::start().await;
+    for protocol in ["http", "grpc"] {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let yaml = format!(
+            "server:\n  listen: \"127.0.0.1:{port}\"\nstore:\n  policy_files: [policies.yaml]\nbackends:\n{}\ntracing:\n  endpoint: \"http://{}\"\n  protocol: {protocol}\n  sample_ratio: 1\n",
+            backend("metrics", "mimir", &up.url(), ""),
+            rx.addr
+        );
+        let setup = Setup::new(&yaml, &policies());
+        let mut child = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_obsgate"))
+                .args(["serve", "--config"])
+                .arg(setup.path("gateway.yaml"))
+                .env("TOKIO_WORKER_THREADS", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await
+            .is_some()
+        );
+        let r = send(
+            &client(),
+            traced_get(addr, "/prometheus/api/v1/query?query=up", "rw", None),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let trace = r
+            .headers
+            .get("x-trace-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        // the batch is sent every 5 s: well before that, SIGTERM
+        let t0 = std::time::Instant::now();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::task::spawn_blocking(move || {
+            let s = child.0.wait().unwrap();
+            (s, child)
+        })
+        .await
+        .unwrap()
+        .0;
+        assert!(status.success(), "{protocol}: exit 0 after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "{protocol}: no stall at shutdown"
+        );
+        let spans: Vec<GotSpan> = rx
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        assert_eq!(
+            spans.len(),
+            3,
+            "{protocol}: server, auth and upstream spans: {spans:#?}"
+        );
+    }
+}
+
+/// `continue_client_traces: false` starts a trace of its own whatever the client sends, and a
+/// receiver that is down costs the request nothing: the spans are counted as failed.
+#[tokio::test]
+async fn client_context_can_be_ignored_and_failed_exports_are_counted() {
+    let up = Upstream::start().await;
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = gateway_yaml(
+        &backend("metrics", "mimir", &up.url(), ""),
+        &format!(
+            "tracing:\n  endpoint: \"http://{dead}\"\n  sample_ratio: 1\n  continue_client_traces: false\n  timeout: 1s\n"
+        ),
+    );
+    let setup = Setup::new(&yaml, &policies());
+    let gw = setup.start().await;
+    let g = gw.gateway.clone();
+    let tp = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    let r = send(
+        &client(),
+        traced_get(
+            gw.shared_addr(),
+            "/prometheus/api/v1/query?query=up",
+            "rw",
+            Some(&tp),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "a dead receiver costs the request nothing");
+    let own = r
+        .headers
+        .get("x-trace-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(own, CLIENT_TRACE, "the client's trace is not continued");
+    let (t, _, flags) = upstream_traceparent(&up.last());
+    assert_eq!(
+        (t.as_str(), flags.as_str()),
+        (own.as_str(), "01"),
+        "nor its sampling flag"
+    );
+    gw.shutdown().await;
+    let failed = g.metrics.trace_spans.with_label_values(&["failure"]).get();
+    let ok = g.metrics.trace_spans.with_label_values(&["success"]).get();
+    assert_eq!((failed, ok), (3, 0), "three spans, none delivered");
+    let text = String::from_utf8(g.metrics.render()).unwrap();
+    assert!(
+        text.contains("obsgate_trace_spans_exported_total{result=\"failure\"} 3"),
+        "{text}"
+    );
 }

@@ -353,7 +353,7 @@ fn authenticate(
     let ip = auth::client_ip(
         conn.peer.ip(),
         req.headers(),
-        &gw.config.client_ip.trusted_proxies,
+        conn.trusted(&gw.config.client_ip.trusted_proxies),
     );
     if let Some(t) = &gw.throttle
         && let Err(secs) = t.check(ip)

@@ -31,7 +31,7 @@ impl OtlpProtocol {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TracingConfig {
     /// Where spans go. OTLP/HTTP: the full URL of the traces resource (`/v1/traces` is appended
     /// to a URL without a path); OTLP/gRPC: `http(s)://host:port`.
@@ -42,6 +42,9 @@ pub struct TracingConfig {
     /// A request whose `traceparent` says "sampled" (or "not sampled") is recorded (or not)
     /// whatever the ratio.
     pub parent_based: bool,
+    /// Continue the trace a client's `traceparent` names (`false`: every request starts a new
+    /// trace, and a client can neither join another trace nor choose its sampling).
+    pub continue_client_traces: bool,
     /// `service.name` of the spans.
     pub service_name: String,
     /// Sent with every export (a Tempo tenant's `X-Scope-OrgID`, an `Authorization`).
@@ -50,18 +53,56 @@ pub struct TracingConfig {
     pub timeout: Duration,
 }
 
+/// Header values may be credentials: never printed, not even by `{:?}`.
+impl std::fmt::Debug for TracingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracingConfig")
+            .field("endpoint", &redacted(&self.endpoint))
+            .field("protocol", &self.protocol)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("parent_based", &self.parent_based)
+            .field("continue_client_traces", &self.continue_client_traces)
+            .field("service_name", &self.service_name)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A URL as it may be printed: user information and query string replaced.
+pub fn redacted(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, _)) => (u, "?<redacted>"),
+        None => (url, ""),
+    };
+    let out = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    };
+    out + query
+}
+
 impl TracingConfig {
     /// One line for `obsgate check`; header names only, never their values.
     pub fn describe(&self) -> String {
         let mut s = format!(
             "tracing: OTLP/{} to {}, sample ratio {}{}, service.name {}",
             self.protocol.as_str(),
-            self.endpoint,
+            redacted(&self.endpoint),
             self.sample_ratio,
-            if self.parent_based {
-                " (a sampled traceparent is followed)"
-            } else {
-                " (the client's sampling flag is ignored)"
+            match (self.continue_client_traces, self.parent_based) {
+                (false, _) => " (client trace context ignored: every request starts a trace)",
+                (true, true) => " (a client's trace is continued, its sampled flag followed)",
+                (true, false) => " (a client's trace is continued, its sampling flag ignored)",
             },
             self.service_name
         );
@@ -81,6 +122,7 @@ pub(super) struct RawTracing {
     protocol: OtlpProtocol,
     sample_ratio: Option<Spanned<f64>>,
     parent_based: Option<bool>,
+    continue_client_traces: Option<bool>,
     service_name: Option<Spanned<String>>,
     headers: Option<RawHeaders>,
     timeout: Option<PromDuration>,
@@ -116,7 +158,7 @@ pub(super) fn build(
                 &endpoint.referenced,
                 format!(
                     "tracing.endpoint {:?} is not an http:// or https:// URL with a host",
-                    endpoint.value
+                    redacted(&endpoint.value)
                 ),
             ));
             ok = false;
@@ -134,7 +176,7 @@ pub(super) fn build(
                 &endpoint.referenced,
                 format!(
                     "tracing.endpoint {:?}: an OTLP/gRPC endpoint is scheme://host:port, without a path",
-                    endpoint.value
+                    redacted(&endpoint.value)
                 ),
             ));
             ok = false;
@@ -217,6 +259,7 @@ pub(super) fn build(
         protocol: raw.protocol,
         sample_ratio,
         parent_based: raw.parent_based.unwrap_or(true),
+        continue_client_traces: raw.continue_client_traces.unwrap_or(true),
         service_name,
         headers,
         timeout,
@@ -301,6 +344,29 @@ mod tests {
             !d.contains("c2VjcmV0"),
             "header values are never printed: {d}"
         );
+    }
+
+    #[test]
+    fn credentials_in_the_endpoint_are_never_printed() {
+        let t =
+            parse("tracing:\n  endpoint: https://user:pa55@otlp.example/v1/traces?key=s3cr3t\n")
+                .unwrap()
+                .unwrap();
+        for text in [t.describe(), format!("{t:?}")] {
+            assert!(!text.contains("pa55") && !text.contains("s3cr3t"), "{text}");
+            assert!(
+                text.contains("https://<redacted>@otlp.example/v1/traces?<redacted>"),
+                "{text}"
+            );
+        }
+        let e = parse("tracing:\n  endpoint: \"ftp://user:pa55@h/\"\n").unwrap_err();
+        assert!(!e.contains("pa55") && e.contains("<redacted>@h"), "{e}");
+        assert_eq!(redacted("http://tempo:4318"), "http://tempo:4318");
+        let t = parse("tracing:\n  endpoint: http://t\n  continue_client_traces: false\n")
+            .unwrap()
+            .unwrap();
+        assert!(!t.continue_client_traces);
+        assert!(t.describe().contains("every request starts a trace"));
     }
 
     #[test]

@@ -319,7 +319,15 @@ pub async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let Some(t) = gw.tracing.as_ref() else {
-        return answer(&gw, conn.peer, req.method(), req.uri(), req.headers());
+        return answer_traced(
+            &gw,
+            conn.peer,
+            conn.believe_forwarded,
+            req.method(),
+            req.uri(),
+            req.headers(),
+            None,
+        );
     };
     // one server span per question, named after the question (the original request is an
     // attribute): a proxy's auth subrequest usually carries the client's traceparent
@@ -335,10 +343,11 @@ pub async fn handle(
     let mut r = answer_traced(
         &gw,
         conn.peer,
+        conn.believe_forwarded,
         req.method(),
         req.uri(),
         req.headers(),
-        Some(trace.trace_id()),
+        Some(&trace),
     );
     r.headers_mut()
         .insert(crate::otel::TRACE_ID_HEADER, trace.header_value());
@@ -354,19 +363,29 @@ pub fn answer(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response<Body> {
-    answer_traced(gw, peer, method, uri, headers, None)
+    answer_traced(gw, peer, true, method, uri, headers, None)
 }
 
-/// [`answer`], with the question's trace ID for its audit line.
+/// [`answer`] on a connection whose forwarded headers may not be believed (a PROXY header that
+/// named no client), with the question's trace: its ID goes into the audit line, the original
+/// request and the decision into its span.
 pub fn answer_traced(
     gw: &Gateway,
     peer: SocketAddr,
+    believe_forwarded: bool,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    trace_id: Option<String>,
+    trace: Option<&crate::otel::RequestTrace>,
 ) -> Response<Body> {
     let start = Instant::now();
+    let trusted = if believe_forwarded {
+        &gw.config.client_ip.trusted_proxies[..]
+    } else {
+        &[]
+    };
+    let ip = auth::forward_auth_client_ip(peer.ip(), headers, trusted);
+    let trace_id = trace.map(|t| t.trace_id());
     let _inflight = crate::telemetry::InflightRequest::start(&gw.metrics.inflight);
     let mode = Mode::ForwardAuth;
     let (backend, numbered, form) = gw
@@ -397,7 +416,7 @@ pub fn answer_traced(
         }
         Some(Err(f)) => {
             let audit = AuditCtx {
-                client_ip: Some(client_ip(gw, peer, headers)),
+                client_ip: Some(ip),
                 trace_id,
                 ..AuditCtx::default()
             };
@@ -439,10 +458,13 @@ pub fn answer_traced(
                     trace_id,
                     ..AuditCtx::default()
                 };
-                let r = match allow(gw, &route, &orig, peer, headers, numbered, &mut audit) {
+                let r = match allow(gw, &route, &orig, ip, headers, numbered, &mut audit) {
                     Ok(r) => r,
                     Err(f) => deny(gw, mode, f, peer, route.name, &audit),
                 };
+                if let Some(t) = trace {
+                    trace_answer(t, &orig, &route, &audit, &r);
+                }
                 (route.slot.as_str(), route.name, Some(route.component), r)
             }
         };
@@ -458,8 +480,45 @@ pub fn answer_traced(
     resp
 }
 
-fn client_ip(gw: &Gateway, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
-    auth::forward_auth_client_ip(peer.ip(), headers, &gw.config.client_ip.trusted_proxies)
+/// The question's span: the original request it was about, who asked, the decision.
+fn trace_answer(
+    t: &crate::otel::RequestTrace,
+    orig: &Original<'_>,
+    route: &RouteMatch<'_>,
+    audit: &AuditCtx,
+    r: &Response<Body>,
+) {
+    use opentelemetry::KeyValue;
+    t.set_attribute(KeyValue::new(
+        "obsgate.original.method",
+        orig.method.as_str().to_string(),
+    ));
+    t.set_attribute(KeyValue::new("obsgate.original.route", route.name));
+    t.set_attribute(KeyValue::new("obsgate.backend", route.slot.as_str()));
+    if let Some(ip) = audit.client_ip {
+        t.set_attribute(KeyValue::new("client.address", ip.to_string()));
+    }
+    if let Some(id) = &audit.identity {
+        t.set_attribute(KeyValue::new("obsgate.token", id.token_name.clone()));
+        t.set_attribute(KeyValue::new("obsgate.policy", id.policy_name.clone()));
+    }
+    let tenant = audit.tenant.clone().or_else(|| {
+        r.headers()
+            .get(super::headers::X_SCOPE_ORGID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    if let Some(tenant) = tenant {
+        t.set_attribute(KeyValue::new("obsgate.tenant", tenant));
+    }
+    t.set_attribute(KeyValue::new(
+        "obsgate.decision",
+        if r.status() == StatusCode::OK {
+            "allow"
+        } else {
+            "deny"
+        },
+    ));
 }
 
 /// The data plane's decision about a routed original request; allowed: 200 with the headers
@@ -469,12 +528,11 @@ fn allow(
     gw: &Gateway,
     route: &RouteMatch<'_>,
     orig: &Original<'_>,
-    peer: SocketAddr,
+    ip: std::net::IpAddr,
     headers: &HeaderMap,
     numbered: usize,
     audit: &mut AuditCtx,
 ) -> Result<Response<Body>, Failure> {
-    let ip = client_ip(gw, peer, headers);
     audit.client_ip = Some(ip);
     let (org_id, enforcement) = authorize(gw, Mode::ForwardAuth, route, ip, headers, audit)?;
     // per-tenant controls: blocks and rate limits (in-flight limits are the proxy listeners'

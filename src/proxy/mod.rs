@@ -52,7 +52,7 @@ impl Gateway {
         let upstreams = crate::upstream::Upstreams::new(&config, &metrics)?;
         let throttle = crate::throttle::AuthThrottle::new(&config.auth_throttle).map(Arc::new);
         let tracing = match &config.tracing {
-            Some(t) => Some(crate::otel::Tracing::start(t)?),
+            Some(t) => Some(crate::otel::Tracing::start(t, &metrics)?),
             None => None,
         };
         Ok(Gateway {
@@ -313,7 +313,32 @@ fn log_denial(gw: &Gateway, mode: Mode, f: &Failure, peer: SocketAddr, route: &s
         Failure::Unauthorized { reason, .. } => (*reason, 401),
         Failure::Forbidden { reason, .. } => (*reason, 403),
         Failure::BadRequest(_) => ("bad_request", 400),
-        Failure::Controlled(r) => (r.reason.as_str(), r.status.as_u16()),
+        Failure::Controlled(r)
+            if matches!(
+                r.reason,
+                crate::controls::Reason::BlockedReads
+                    | crate::controls::Reason::BlockedWrites
+                    | crate::controls::Reason::BlockedRules
+            ) =>
+        {
+            (r.reason.as_str(), r.status.as_u16())
+        }
+        // over a rate or in-flight limit: counted, logged at debug level only (a client past its
+        // limit is flooding; a line per refusal would be a second flood, into the logs)
+        Failure::Controlled(r) => {
+            gw.metrics.denied(mode, r.reason.as_str());
+            tracing::debug!(
+                target: "obsgate::audit",
+                mode = mode.as_str(),
+                token = a.identity.as_ref().map(|i| i.token_name.as_str()).unwrap_or("-"),
+                tenant = a.tenant.as_deref().unwrap_or("-"),
+                client_ip = ?a.client_ip,
+                route,
+                reason = r.reason.as_str(),
+                "request over a per-tenant limit: 429"
+            );
+            return;
+        }
         // counted, not logged line by line: a throttled client is one that is flooding us
         Failure::Throttled(_) => {
             gw.metrics.denied(mode, "throttled");
@@ -442,7 +467,7 @@ async fn authorize_and_forward(
     let client_ip: IpAddr = auth::client_ip(
         conn.peer.ip(),
         req.headers(),
-        &gw.config.client_ip.trusted_proxies,
+        conn.trusted(&gw.config.client_ip.trusted_proxies),
     );
     audit.client_ip = Some(client_ip);
     let auth_span = trace.map(|t| t.child("auth", opentelemetry::trace::SpanKind::Internal));
@@ -704,6 +729,13 @@ async fn send(
             "backend {backend} has no component {component} for this route"
         ))
     })?;
+    // the upstream span is the parent the backend's own spans hang from (a mirror's copy
+    // carries the same traceparent)
+    let mut span = trace.map(|t| {
+        let s = t.child("upstream", opentelemetry::trace::SpanKind::Client);
+        s.inject(&mut p.out.headers);
+        s
+    });
     if route.is_write() && !up.mirrors.is_empty() {
         let head = crate::upstream::mirror::Head {
             method: p.out.method.clone(),
@@ -715,12 +747,6 @@ async fn send(
         let body = std::mem::replace(&mut p.out.body, full(Bytes::new()));
         p.out.body = crate::upstream::mirror::start(&up.mirrors, &head, body, p.timeout);
     }
-    // the upstream span is the parent the backend's own spans hang from
-    let mut span = trace.map(|t| {
-        let s = t.child("upstream", opentelemetry::trace::SpanKind::Client);
-        s.inject(&mut p.out.headers);
-        s
-    });
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::from_std(t0) + p.timeout;
     let result = pool.send(p.out, deadline).await;

@@ -515,7 +515,7 @@ async fn accept_loop(
             // counted against limits.max_connections from here, the PROXY header's read included
             let _slot = slot_guard;
             match &ctx.proxy_protocol {
-                None => serve(&ctx, stream, peer, acceptor, state, watcher).await,
+                None => serve(&ctx, stream, Client::peer(peer), acceptor, state, watcher).await,
                 Some(pp) => {
                     let mut stream = stream;
                     let Some((client, leftover)) = pp.read(&mut stream, peer).await else {
@@ -543,6 +543,29 @@ async fn accept_loop(
     }
 }
 
+/// The address every check of a connection sees, and whether the `X-Forwarded-For` of a
+/// trusted address is believed on it.
+#[derive(Clone, Copy)]
+struct Client {
+    addr: SocketAddr,
+    believe_forwarded: bool,
+}
+
+impl Client {
+    fn peer(addr: SocketAddr) -> Client {
+        Client {
+            addr,
+            believe_forwarded: true,
+        }
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// What every connection of one listener shares.
 struct ListenerCtx {
     role: Role,
@@ -559,7 +582,7 @@ struct ListenerCtx {
 async fn serve<I>(
     ctx: &ListenerCtx,
     io: I,
-    client: SocketAddr,
+    client: Client,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<guard::ConnState>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -587,7 +610,7 @@ async fn serve<I>(
 async fn serve_http<I>(
     ctx: &ListenerCtx,
     io: I,
-    client: SocketAddr,
+    client: Client,
     state: Arc<guard::ConnState>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -595,7 +618,9 @@ async fn serve_http<I>(
 {
     let services = ctx.services.clone();
     let role = ctx.role;
-    let conn = Arc::new(Conn::new(client));
+    let mut conn = Conn::new(client.addr);
+    conn.believe_forwarded = client.believe_forwarded;
+    let conn = Arc::new(conn);
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         let services = services.clone();
@@ -668,16 +693,25 @@ impl ProxyProtocolGate {
         &self,
         stream: &mut tokio::net::TcpStream,
         peer: SocketAddr,
-    ) -> Option<(SocketAddr, bytes::Bytes)> {
+    ) -> Option<(Client, bytes::Bytes)> {
         let read = proxy_protocol::read_header(stream);
         match tokio::time::timeout(self.header_timeout, read).await {
             Ok(Ok((Some(client), rest))) => {
                 self.counts.ok.inc();
-                Some((client, rest))
+                Some((Client::peer(client), rest))
             }
             Ok(Ok((None, rest))) => {
                 self.counts.local.inc();
-                Some((peer, rest))
+                // the balancer's own connection (v2 LOCAL), or one it could not describe: the
+                // balancer is the client, and a TCP balancer writes no X-Forwarded-For, so any
+                // such header came from behind it and is not believed
+                Some((
+                    Client {
+                        addr: peer,
+                        believe_forwarded: false,
+                    },
+                    rest,
+                ))
             }
             Ok(Err(proxy_protocol::ReadError::Malformed(why))) => {
                 self.counts.malformed.inc();
