@@ -28,14 +28,25 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 # "nginx_fa" is nginx + auth_request + obsgate forward-auth: nginx (1 worker) asks a second obsgate
 # (same config and policies, with forward_auth.listen) about every request, then proxies it itself;
 # its CPU is nginx's and that obsgate's together
-SIDE_BY_SIDE = ("direct", "floor", "obsgate", "nginx", "haproxy", "caddy", "nginx_fa")
-ONLY = set(filter(None, os.environ.get("ONLY", ",".join(SIDE_BY_SIDE + ("replicas",))).split(",")))
+# what tracing costs (run only when named in ONLY): "obsgate_before" is obsgate built before
+# tracing was added (the binary named by OBSGATE_BEFORE), "obsgate_traced" is obsgate with
+# `tracing:` (sample_ratio 1, OTLP/HTTP) exporting to a second push_sink, whose CPU is not counted;
+# both have obsgate's config and token
+TRACING_COST = ("obsgate_before", "obsgate_traced")
+SIDE_BY_SIDE = ("direct", "floor", "obsgate") + TRACING_COST + ("nginx", "haproxy", "caddy", "nginx_fa")
+DEFAULT_ONLY = [n for n in SIDE_BY_SIDE if n not in TRACING_COST] + ["replicas"]
+ONLY = set(filter(None, os.environ.get("ONLY", ",".join(DEFAULT_ONLY)).split(",")))
 if ONLY - set(SIDE_BY_SIDE + ("replicas",)):
     raise SystemExit(f"unknown ONLY names: {','.join(sorted(ONLY - set(SIDE_BY_SIDE + ('replicas',))))}")
 # the replicas case: wrk at saturation unless REPLICAS_RATE is set; replica 1 is killed (SIGKILL)
 # at a third of DURATION
 REPLICAS_RATE = int(os.environ.get("REPLICAS_RATE", "0")) or None
 PERF = os.environ.get("PERF") == "1"
+OBSGATE_BEFORE = os.environ.get("OBSGATE_BEFORE")
+if "obsgate_before" in ONLY and not OBSGATE_BEFORE:
+    print("obsgate_before skipped: OBSGATE_BEFORE (the path of an obsgate binary built before tracing) is not set",
+          file=sys.stderr, flush=True)
+    ONLY.discard("obsgate_before")
 REPEAT = int(os.environ.get("REPEAT", "3"))  # interleaved rounds; the report shows medians
 # WORKLOAD=query|push|both: the query workload (GET PATH, nginx `return 200` upstream) and/or the
 # push workload (POST PUSH_PATH, a PUSH_BYTES body, the push_sink upstream, which reads the whole
@@ -90,6 +101,20 @@ def cpu_ticks(pids):
         except OSError:
             pass
     return user, system
+
+
+def bytes_received(port):
+    """{peer: bytes received so far} of the established connections to this local port (ss -i)."""
+    out = subprocess.run(["ss", "-Htin", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    got, peer = {}, None
+    for line in out.splitlines():
+        if line[:1].isspace():  # the connection's tcp_info, without bytes_received if none came
+            m = re.search(r"bytes_received:(\d+)", line)
+            got[peer] = int(m.group(1)) if m else 0
+        else:
+            peer = line.split()[-1]
+    return got
 
 
 def family(pid):
@@ -213,6 +238,8 @@ def measure(name, workload, url, auth, pids, parts=None):
         part_pids = parts() if parts else {}
         part_before = {k: cpu_ticks(v) for k, v in part_pids.items()}
         before = cpu_ticks(pids())
+        # obsgate_traced: what its trace sink receives (the OTLP exports) per request
+        sink_before = bytes_received(TRACE_SINK["port"]) if name == "obsgate_traced" else None
         perf = None
         if PERF and name == "obsgate" and rate is None:
             data = "obsgate.perf.data" if workload == "query" else f"obsgate-{workload}.perf.data"
@@ -230,10 +257,17 @@ def measure(name, workload, url, auth, pids, parts=None):
         for k, v in part_pids.items():
             a, b = part_before[k], cpu_ticks(v)
             r[f"{k}_us_per_req"] = per_req(b[0] + b[1] - a[0] - a[1])
+        if sink_before is not None:
+            # a connection closed during the run is not counted (the exporter keeps one open)
+            got = sum(v - sink_before.get(k, 0) for k, v in bytes_received(TRACE_SINK["port"]).items())
+            TRACE_SINK["total"] += got
+            r["trace_bytes_per_req"] = got / max(1, r["requests"])
         res[mode] = r
         bad = "".join(f" [status {k} ×{v}]" for k, v in sorted(r["statuses"].items()))
         split = "".join(f" {k} {r[f'{k}_us_per_req']:.1f}" for k in part_pids)
-        print(f"{workload:5} {name:8} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
+        if sink_before is not None:
+            bad += f"  trace sink {r['trace_bytes_per_req']:.0f} B/req"
+        print(f"{workload:5} {name:14} {mode:10} {r['rps']:10.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
               f"cpu {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f} sys {r['sys_us_per_req']:.1f}"
               f"{';' + split if split else ''})  errors {r['errors']}{bad}", flush=True)
     return res
@@ -245,6 +279,9 @@ RELOADS = [0]
 # and the lines of nginx's error log (level warn and above)
 NGINX_FA = {}
 NGINX_BUFFERED = [None]  # pushes nginx wrote to a temporary file (its "buffered" warnings)
+TRACE_SINK = {"port": None, "total": 0}  # obsgate_traced's trace sink, and the bytes it received in its runs
+# per workload and contestant, each round's CPU per request: {w: {name: {mode: [µs, ...]}}}
+ROUND_CPU = {}
 
 
 def curl_status(url, headers, data=None):
@@ -332,7 +369,8 @@ def main():
     # the floor for queries and the floor for pushes (one upstream each, so that the floor routes
     # nothing); every other contestant routes PUSH_PATH to the sink and the rest to up
     # nfa: nginx_fa's nginx; fa and gwfa: its obsgate's forward-auth and (unused) proxy listeners
-    up, nx, ha, gw, fl, cd, sink, flp, nfa, fa, gwfa = (free_port() for _ in range(11))
+    # gwb, gwt: obsgate_before's and obsgate_traced's listeners; tsink: obsgate_traced's trace sink
+    up, nx, ha, gw, fl, cd, sink, flp, nfa, fa, gwfa, gwb, gwt, tsink = (free_port() for _ in range(14))
     temps = " ".join(f"{d}_temp_path {WORK}/tmp/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     with open(f"{WORK}/up.conf", "w") as f:
         f.write(f"worker_processes 1; daemon off; pid {WORK}/up.pid; error_log {WORK}/up-error.log;\n"
@@ -415,6 +453,12 @@ def main():
     with open(f"{WORK}/gateway-fa.yaml", "w") as f:
         f.write(gateway_yaml.replace(f"127.0.0.1:{gw}\"", f"127.0.0.1:{gwfa}\"", 1)
                 + f"forward_auth:\n  listen: \"127.0.0.1:{fa}\"\n  numbered_label_policies: 4\n")
+    # obsgate_before's and obsgate_traced's: the same config on listeners of their own; the traced
+    # one records every request (ratio 1) and exports by OTLP/HTTP to POST /v1/traces on tsink
+    for name, port, extra in (("before", gwb, ""),
+                              ("traced", gwt, f"tracing:\n  endpoint: \"http://127.0.0.1:{tsink}\"\n  sample_ratio: 1\n")):
+        with open(f"{WORK}/gateway-{name}.yaml", "w") as f:
+            f.write(gateway_yaml.replace(f"127.0.0.1:{gw}\"", f"127.0.0.1:{port}\"", 1) + extra)
     auth = "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()
 
     results = {}
@@ -446,7 +490,27 @@ def main():
                 procs.append(g)
                 wait_port(gw)
                 add("obsgate", {"query": gw, "push": gw}, auth, lambda: [g.pid])
-            if ONLY & {"obsgate", "nginx_fa"}:
+            if "obsgate_before" in ONLY:
+                env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+                gb = start([OBSGATE_BEFORE, "serve", "--config", f"{WORK}/gateway-before.yaml"], log, env=env)
+                procs.append(gb)
+                wait_port(gwb)
+                add("obsgate_before", {"query": gwb, "push": gwb}, auth, lambda: [gb.pid])
+            if "obsgate_traced" in ONLY:
+                ts = start([PUSH_SINK, f"127.0.0.1:{tsink}"], log)  # push_sink answers any POST 200
+                procs.append(ts)
+                wait_port(tsink)
+                TRACE_SINK["port"] = tsink
+                env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+                gt = start([OBSGATE, "serve", "--config", f"{WORK}/gateway-traced.yaml"], log, env=env)
+                procs.append(gt)
+                wait_port(gwt)
+                st, h = curl_status(f"http://127.0.0.1:{gwt}{PATH}", {"Authorization": auth})
+                print(f"obsgate_traced check: GET {PATH}: {st}, X-Trace-Id {h.get('x-trace-id')!r}", flush=True)
+                if st != 200 or not h.get("x-trace-id"):
+                    raise SystemExit("obsgate_traced does not trace (no X-Trace-Id) or refuses the bench token")
+                add("obsgate_traced", {"query": gwt, "push": gwt}, auth, lambda: [gt.pid])
+            if ONLY & {"obsgate", "nginx_fa", "obsgate_before", "obsgate_traced"}:
                 # a policy reload every second for the whole run (rename-over, as editors do)
                 def reload_every_second():
                     text = open(f"{WORK}/policies.yaml").read()
@@ -508,6 +572,13 @@ def main():
                         url, a, pids, *parts = targets[w][name]
                         rounds[w][name].append(measure(name, w, url, a, pids, *parts))
             stop.set()
+            for w in WORKLOADS:
+                ROUND_CPU[w] = {n: {m: [r[m]["cpu_us_per_req"] for r in rs] for m in ("saturation", "fixed")}
+                                for n, rs in rounds[w].items()}
+            if "obsgate_traced" in ONLY:
+                # spans the traced obsgate's exporter handed over, {result: n} (success, failure)
+                TRACE_SINK["exported"] = {l.get("result"): v for l, v in
+                                          metric(gwt, "obsgate_trace_spans_exported_total") or []}
             if "obsgate" in ONLY:
                 metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{gw}/metrics"],
                                          capture_output=True, text=True).stdout
@@ -822,6 +893,29 @@ def nginx_fa_lines(w, res):
     return out
 
 
+def tracing_cost_lines(w, res):
+    """obsgate against obsgate_before (tracing off against the build without tracing) and
+    obsgate_traced against obsgate (tracing on against off): CPU per request, the medians with each
+    round's range, and each round's difference (the rounds interleave the contestants)."""
+    out = []
+    for a, b in (("obsgate", "obsgate_before"), ("obsgate_traced", "obsgate")):
+        if a not in res or b not in res:
+            continue
+        for m in ("saturation", "fixed"):
+            xa, xb = ROUND_CPU[w][a][m], ROUND_CPU[w][b][m]
+            ma, mb = res[a][m]["cpu_us_per_req"], res[b][m]["cpu_us_per_req"]
+            label = m if m == "saturation" else f"fixed ≈{RATES[w]}/s"
+            out.append(f"- {w}, {label}: {a} {ma:.1f} µs/req (rounds {min(xa):.1f}–{max(xa):.1f}) against {b} "
+                       f"{mb:.1f} ({min(xb):.1f}–{max(xb):.1f}): {ma - mb:+.1f} µs ({100 * (ma - mb) / mb:+.1f}%); "
+                       "per round " + ", ".join(f"{p - q:+.1f}" for p, q in zip(xa, xb)))
+    if "obsgate_traced" in res:
+        t = res["obsgate_traced"]
+        out.append(f"- {w}: obsgate_traced's trace sink received {t['saturation']['trace_bytes_per_req']:.0f} bytes "
+                   f"per request at saturation, {t['fixed']['trace_bytes_per_req']:.0f} at the fixed rate "
+                   "(OTLP/HTTP protobuf; fewer at saturation would mean spans dropped)")
+    return out
+
+
 def workload_lines(w, res):
     if w == "query":
         head = [f"### Query: `GET {PATH}`",
@@ -904,6 +998,20 @@ def report(results, replicas=None):
             lines += ["", "nginx + auth_request + obsgate forward-auth (nginx_fa) against obsgate alone (no target):", ""]
             for w, res in results.items():
                 lines += nginx_fa_lines(w, res)
+        if ONLY & set(TRACING_COST):
+            lines += ["", "What tracing costs: obsgate (tracing off) against obsgate_before (built before tracing was",
+                      "added), obsgate_traced (tracing on, sample_ratio 1, OTLP/HTTP to a local push_sink whose CPU",
+                      "is not counted) against obsgate. CPU per request, medians (each round's min–max):", ""]
+            for w, res in results.items():
+                lines += tracing_cost_lines(w, res)
+            if "obsgate_traced" in ONLY:
+                lines.append(f"- obsgate_traced's trace sink received {TRACE_SINK['total']} bytes of exports during its runs"
+                             + ("." if TRACE_SINK["total"] else ": **no export arrived**."))
+                ex = TRACE_SINK.get("exported", {})
+                sent = sum(x[m]["requests"] for res in results.values() for x in (res["obsgate_traced"],) for m in x)
+                lines.append(f"- obsgate_trace_spans_exported_total: success {ex.get('success', 0):.0f} "
+                             f"({ex.get('success', 0) / max(1, sent):.2f} spans per request wrk counted), "
+                             f"failure {ex.get('failure', 0):.0f}" + ("." if not ex.get("failure") else " — **exports failed**."))
         if "obsgate" in ONLY:
             lines += ["", f"Policy reloads completed during obsgate's runs (one per second): {RELOADS[0]}."]
         if "nginx_fa" in ONLY and "after" in NGINX_FA:
