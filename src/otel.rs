@@ -19,9 +19,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The response header that names the request's trace.
-pub const TRACE_ID_HEADER: &str = "x-trace-id";
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+pub const TRACE_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-trace-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// Lowercase hex of `bytes` into `out` (twice as long): IDs are written on every traced
+/// request, and `format!("{:032x}")` costs several times as much.
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+}
 
 /// The gateway's tracer and the provider that exports its spans.
 pub struct Tracing {
@@ -48,7 +58,7 @@ impl Tracing {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
         let exporter = match cfg.protocol {
             OtlpProtocol::Http => {
-                let client = ExportClient::new(cfg.timeout)?;
+                let client = ExportClient::new(cfg.timeout, cfg.ca_file.as_deref())?;
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_endpoint(cfg.endpoint.clone())
@@ -74,10 +84,21 @@ impl Tracing {
                     .with_timeout(cfg.timeout)
                     .with_metadata(metadata);
                 if cfg.endpoint.starts_with("https://") {
-                    b = b.with_tls_config(
-                        opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
-                            .with_native_roots(),
-                    );
+                    use opentelemetry_otlp::tonic_types::transport::{
+                        Certificate, ClientTlsConfig,
+                    };
+                    let mut tls = ClientTlsConfig::new().with_native_roots();
+                    if let Some(ca) = &cfg.ca_file {
+                        // checked here, so that a file that holds no usable certificate fails
+                        // the start instead of every export
+                        crate::tls::check_ca_file(ca)
+                            .map_err(|e| format!("tracing.ca_file: {e}"))?;
+                        let pem = std::fs::read(ca).map_err(|e| {
+                            format!("tracing.ca_file: cannot read {}: {e}", ca.display())
+                        })?;
+                        tls = tls.ca_certificate(Certificate::from_pem(pem));
+                    }
+                    b = b.with_tls_config(tls);
                 }
                 b.build()
             }
@@ -114,8 +135,15 @@ impl Tracing {
     }
 
     /// The server span of one request, continuing the client's trace context if it sent one.
-    /// `parent_based: false` ignores the client's sampling flag, not its trace.
-    pub fn request(&self, name: String, headers: &HeaderMap, attrs: Vec<KeyValue>) -> RequestTrace {
+    /// `parent_based: false` ignores the client's sampling flag, not its trace. The span's name
+    /// and attributes are built only when the span is sampled: an unsampled request (most of
+    /// them at the default `sample_ratio`) pays for its trace and span IDs, not for strings
+    /// nobody will read. (The ratio sampler reads neither the name nor the attributes.)
+    pub fn request(
+        &self,
+        headers: &HeaderMap,
+        describe: impl FnOnce() -> (String, Vec<KeyValue>),
+    ) -> RequestTrace {
         use opentelemetry::propagation::TextMapPropagator;
         let parent = if self.continue_client && headers.contains_key(TRACEPARENT) {
             self.propagator
@@ -123,15 +151,22 @@ impl Tracing {
         } else {
             Context::new()
         };
-        let span = self
+        let mut span = self
             .tracer
-            .span_builder(name)
+            .span_builder("request")
             .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
             .start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            let (name, attrs) = describe();
+            span.update_name(name);
+            span.set_attributes(attrs);
+        }
+        let mut id = [0u8; 32];
+        hex_into(&mut id, &span.span_context().trace_id().to_bytes());
         RequestTrace {
             cx: parent.with_span(span),
             tracer: self.tracer.clone(),
+            id,
         }
     }
 
@@ -196,17 +231,22 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
 pub struct RequestTrace {
     cx: Context,
     tracer: SdkTracer,
+    /// The trace ID in hex, written once.
+    id: [u8; 32],
 }
 
 impl RequestTrace {
     /// The trace ID, 32 lowercase hex digits (also when the trace is not sampled).
     pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.cx.span().span_context().trace_id())
+        // hex digits are ASCII: never empty
+        std::str::from_utf8(&self.id)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     /// `X-Trace-Id` for the response.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::try_from(self.trace_id()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        HeaderValue::from_bytes(&self.id).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 
     /// A child span of the request's span.
@@ -223,9 +263,18 @@ impl RequestTrace {
         self.cx.span().set_attribute(kv);
     }
 
+    /// Whether the request's span is sampled (its attributes are worth building).
+    pub fn is_recording(&self) -> bool {
+        self.cx.span().is_recording()
+    }
+
     /// Ends the request's span with its status code (5xx marks it as an error).
     pub fn finish(self, status: u16) {
         let span = self.cx.span();
+        if !span.is_recording() {
+            span.end();
+            return;
+        }
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),
@@ -241,6 +290,11 @@ impl RequestTrace {
 pub struct ChildSpan(opentelemetry_sdk::trace::Span);
 
 impl ChildSpan {
+    /// Whether this span is sampled (its attributes are worth building).
+    pub fn is_recording(&self) -> bool {
+        self.0.is_recording()
+    }
+
     pub fn set_attribute(&mut self, kv: KeyValue) {
         self.0.set_attribute(kv);
     }
@@ -253,13 +307,12 @@ impl ChildSpan {
     /// request sent upstream, replacing whatever the client sent.
     pub fn inject(&self, headers: &mut HeaderMap) {
         let sc: &SpanContext = self.0.span_context();
-        let tp = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        );
-        if let Ok(v) = HeaderValue::try_from(tp) {
+        // 00-<trace id>-<span id>-<flags>
+        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
+        hex_into(&mut tp[36..52], &sc.span_id().to_bytes());
+        hex_into(&mut tp[53..55], &[sc.trace_flags().to_u8()]);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
             headers.insert(TRACEPARENT, v);
         }
         let ts = sc.trace_state().header();
@@ -294,10 +347,11 @@ struct ExportClient {
 const MAX_EXPORT_RESPONSE: usize = 1 << 20;
 
 impl ExportClient {
-    fn new(timeout: Duration) -> Result<ExportClient, String> {
+    fn new(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<ExportClient, String> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "tracing: the exporter must start on the runtime".to_string())?;
-        let tls = crate::tls::client_config(None)?;
+        let tls =
+            crate::tls::client_config(ca_file).map_err(|e| format!("tracing.ca_file: {e}"))?;
         let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
@@ -380,6 +434,7 @@ mod tests {
             service_name: "obsgate".into(),
             headers: vec![],
             timeout: Duration::from_millis(200),
+            ca_file: None,
         }
     }
 
@@ -417,9 +472,8 @@ mod tests {
     async fn a_clients_trace_is_continued_and_its_sampling_followed() {
         let t = Tracing::start(&cfg(0.0, true), &m()).unwrap();
         let rt = t.request(
-            "GET /api/v1/query".into(),
             &headers(&[("traceparent", PARENT), ("tracestate", "vendor=x")]),
-            vec![],
+            || ("GET /api/v1/query".into(), vec![]),
         );
         assert_eq!(rt.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(rt.header_value(), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -445,11 +499,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_parent_based_the_ratio_decides() {
         let t = Tracing::start(&cfg(0.0, false), &m()).unwrap();
-        let rt = t.request(
-            "GET /x".into(),
-            &headers(&[("traceparent", PARENT)]),
-            vec![],
-        );
+        let rt = t.request(&headers(&[("traceparent", PARENT)]), || {
+            ("GET /x".into(), vec![])
+        });
         assert_eq!(
             rt.trace_id(),
             "4bf92f3577b34da6a3ce929d0e0e4736",
@@ -458,11 +510,9 @@ mod tests {
         let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
         assert!(tp.ends_with("-00"), "{tp}: ratio 0 samples nothing");
         let t1 = Tracing::start(&cfg(1.0, true), &m()).unwrap();
-        let rt = t1.request(
-            "GET /x".into(),
-            &headers(&[("traceparent", PARENT_UNSAMPLED)]),
-            vec![],
-        );
+        let rt = t1.request(&headers(&[("traceparent", PARENT_UNSAMPLED)]), || {
+            ("GET /x".into(), vec![])
+        });
         let (tp, _) = traceparent_of(&rt.child("upstream", SpanKind::Client));
         assert!(tp.ends_with("-00"), "{tp}: an unsampled parent is followed");
         stop(t).await;
@@ -484,7 +534,7 @@ mod tests {
                 &format!("{PARENT}-extra-{}", "a".repeat(4000)),
             )]),
         ] {
-            let rt = t.request("GET /x".into(), &h, vec![]);
+            let rt = t.request(&h, || ("GET /x".into(), vec![]));
             let id = rt.trace_id();
             assert_eq!(id.len(), 32);
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -496,5 +546,38 @@ mod tests {
             assert!(out.get("tracestate").is_none());
         }
         stop(t).await;
+    }
+
+    /// An unsampled request's name and attributes are never built; a sampled one's are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_sampled_requests_build_their_description() {
+        for (ratio, sampled) in [(0.0, false), (1.0, true)] {
+            let t = Tracing::start(&cfg(ratio, true), &m()).unwrap();
+            let mut built = false;
+            let rt = t.request(&headers(&[]), || {
+                built = true;
+                ("GET /x".into(), vec![KeyValue::new("url.path", "/x")])
+            });
+            assert_eq!(built, sampled, "ratio {ratio}");
+            assert_eq!(rt.is_recording(), sampled);
+            let child = rt.child("auth", SpanKind::Internal);
+            assert_eq!(child.is_recording(), sampled);
+            // the trace ID is there either way (X-Trace-Id, audit lines)
+            assert_eq!(rt.trace_id().len(), 32);
+            child.end();
+            rt.finish(200);
+            stop(t).await;
+        }
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        let id: u128 = 0x4bf92f3577b34da6a3ce929d0e0e4736;
+        let mut out = [0u8; 32];
+        hex_into(&mut out, &id.to_be_bytes());
+        assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{id:032x}"));
+        let mut out = [0u8; 4];
+        hex_into(&mut out, &[0x0a, 0xf0]);
+        assert_eq!(&out, b"0af0");
     }
 }

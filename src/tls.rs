@@ -31,6 +31,12 @@ fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `path` holds CA certificates rustls can use (for a client that reads the file
+/// itself, as the OTLP/gRPC exporter does).
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    roots_from(path, &mut RootCertStore::empty())
+}
+
 pub fn server_config(cfg: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certs(&cfg.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&cfg.key_file)

@@ -183,6 +183,51 @@ impl Receiver {
         Receiver { addr, got, task }
     }
 
+    /// The same receiver behind TLS (ALPN h2 for gRPC, http/1.1 for OTLP/HTTP), with a
+    /// certificate for `localhost` that `ca_pem` signed.
+    async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got: Arc<Mutex<Got>> = Arc::default();
+        let g2 = got.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    return;
+                };
+                let got = g2.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // a client that does not trust the certificate fails here
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| receive(got.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, got, task }
+    }
+
     fn spans(&self) -> Vec<GotSpan> {
         self.got.lock().unwrap().spans.clone()
     }
@@ -879,4 +924,92 @@ async fn client_context_can_be_ignored_and_failed_exports_are_counted() {
         text.contains("obsgate_trace_spans_exported_total{result=\"failure\"} 3"),
         "{text}"
     );
+}
+
+/// An `https://` receiver whose certificate a private CA signed: with `tracing.ca_file` naming
+/// that CA, both protocols deliver; without it, the handshake fails and the spans are counted
+/// as failed (the system roots do not know the CA). A file that holds no certificate stops the
+/// start with an error naming the key.
+#[tokio::test]
+async fn https_receivers_with_a_private_ca_need_ca_file() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let up = Upstream::start().await;
+    for protocol in ["http", "grpc"] {
+        for with_ca in [true, false] {
+            let rx = Receiver::start_tls(&cert.pem(), &key.serialize_pem()).await;
+            let ca_line = if with_ca {
+                "  ca_file: otlp-ca.pem\n"
+            } else {
+                ""
+            };
+            let yaml = gateway_yaml(
+                &backend("metrics", "mimir", &up.url(), ""),
+                &format!(
+                    "tracing:\n  endpoint: \"https://localhost:{}\"\n  protocol: {protocol}\n  sample_ratio: 1\n  timeout: 2s\n{ca_line}",
+                    rx.addr.port()
+                ),
+            );
+            let setup = Setup::new(&yaml, &policies());
+            // relative to the config file's directory
+            std::fs::write(setup.path("otlp-ca.pem"), ca.pem()).unwrap();
+            let gw = setup.start().await;
+            let g = gw.gateway.clone();
+            let r = send(
+                &client(),
+                traced_get(
+                    gw.shared_addr(),
+                    "/prometheus/api/v1/query?query=up",
+                    "rw",
+                    None,
+                ),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            let id = r
+                .headers
+                .get("x-trace-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            gw.shutdown().await;
+            let ok = g.metrics.trace_spans.with_label_values(&["success"]).get();
+            let failed = g.metrics.trace_spans.with_label_values(&["failure"]).get();
+            let spans = rx.spans();
+            if with_ca {
+                assert_eq!((ok, failed), (3, 0), "{protocol} with ca_file");
+                assert_eq!(spans.len(), 3, "{protocol}: {spans:#?}");
+                assert!(spans.iter().all(|s| s.trace_id == id));
+            } else {
+                assert_eq!((ok, failed), (0, 3), "{protocol} without ca_file");
+                assert!(spans.is_empty(), "{protocol}: nothing gets through");
+            }
+        }
+    }
+    // a CA file that is not one stops the start, naming the key and the file
+    for protocol in ["http", "grpc"] {
+        let yaml = gateway_yaml(
+            &backend("metrics", "mimir", &up.url(), ""),
+            &format!(
+                "tracing:\n  endpoint: \"https://localhost:4318\"\n  protocol: {protocol}\n  ca_file: otlp-ca.pem\n"
+            ),
+        );
+        let setup = Setup::new(&yaml, &policies());
+        std::fs::write(setup.path("otlp-ca.pem"), "not a certificate\n").unwrap();
+        let config = obsgate::config::load(&setup.path("gateway.yaml")).unwrap();
+        let err = match obsgate::proxy::server::start(config).await {
+            Ok(_) => panic!("{protocol}: a start with a broken tracing.ca_file"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("tracing.ca_file"), "{protocol}: {err}");
+        assert!(err.contains("otlp-ca.pem"), "{protocol}: {err}");
+    }
 }

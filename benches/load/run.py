@@ -30,7 +30,8 @@ CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 # its CPU is nginx's and that obsgate's together
 # what tracing costs (run only when named in ONLY): "obsgate_before" is obsgate built before
 # tracing was added (the binary named by OBSGATE_BEFORE), "obsgate_traced" is obsgate with
-# `tracing:` (sample_ratio 1, OTLP/HTTP) exporting to a second push_sink, whose CPU is not counted;
+# `tracing:` (sample_ratio TRACED_RATIO, default 1, OTLP/HTTP) exporting to a second push_sink,
+# whose CPU is not counted;
 # both have obsgate's config and token
 TRACING_COST = ("obsgate_before", "obsgate_traced")
 SIDE_BY_SIDE = ("direct", "floor", "obsgate") + TRACING_COST + ("nginx", "haproxy", "caddy", "nginx_fa")
@@ -42,6 +43,7 @@ if ONLY - set(SIDE_BY_SIDE + ("replicas",)):
 # at a third of DURATION
 REPLICAS_RATE = int(os.environ.get("REPLICAS_RATE", "0")) or None
 PERF = os.environ.get("PERF") == "1"
+TRACED_RATIO = os.environ.get("TRACED_RATIO", "1")  # obsgate_traced's tracing.sample_ratio
 OBSGATE_BEFORE = os.environ.get("OBSGATE_BEFORE")
 if "obsgate_before" in ONLY and not OBSGATE_BEFORE:
     print("obsgate_before skipped: OBSGATE_BEFORE (the path of an obsgate binary built before tracing) is not set",
@@ -454,9 +456,9 @@ def main():
         f.write(gateway_yaml.replace(f"127.0.0.1:{gw}\"", f"127.0.0.1:{gwfa}\"", 1)
                 + f"forward_auth:\n  listen: \"127.0.0.1:{fa}\"\n  numbered_label_policies: 4\n")
     # obsgate_before's and obsgate_traced's: the same config on listeners of their own; the traced
-    # one records every request (ratio 1) and exports by OTLP/HTTP to POST /v1/traces on tsink
+    # one records a share TRACED_RATIO of the requests (default 1: all) and exports by OTLP/HTTP to POST /v1/traces on tsink
     for name, port, extra in (("before", gwb, ""),
-                              ("traced", gwt, f"tracing:\n  endpoint: \"http://127.0.0.1:{tsink}\"\n  sample_ratio: 1\n")):
+                              ("traced", gwt, f"tracing:\n  endpoint: \"http://127.0.0.1:{tsink}\"\n  sample_ratio: {TRACED_RATIO}\n")):
         with open(f"{WORK}/gateway-{name}.yaml", "w") as f:
             f.write(gateway_yaml.replace(f"127.0.0.1:{gw}\"", f"127.0.0.1:{port}\"", 1) + extra)
     auth = "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()
@@ -1000,7 +1002,7 @@ def report(results, replicas=None):
                 lines += nginx_fa_lines(w, res)
         if ONLY & set(TRACING_COST):
             lines += ["", "What tracing costs: obsgate (tracing off) against obsgate_before (built before tracing was",
-                      "added), obsgate_traced (tracing on, sample_ratio 1, OTLP/HTTP to a local push_sink whose CPU",
+                      f"added), obsgate_traced (tracing on, sample_ratio {TRACED_RATIO}, OTLP/HTTP to a local push_sink whose CPU",
                       "is not counted) against obsgate. CPU per request, medians (each round's min–max):", ""]
             for w, res in results.items():
                 lines += tracing_cost_lines(w, res)

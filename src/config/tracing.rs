@@ -51,6 +51,9 @@ pub struct TracingConfig {
     /// Values are never printed.
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// A CA (PEM) trusted for an `https://` endpoint besides the system's roots (a receiver
+    /// with a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Header values may be credentials: never printed, not even by `{:?}`.
@@ -68,6 +71,7 @@ impl std::fmt::Debug for TracingConfig {
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
             .field("timeout", &self.timeout)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -106,6 +110,9 @@ impl TracingConfig {
             },
             self.service_name
         );
+        if let Some(ca) = &self.ca_file {
+            s += &format!(", CA {}", ca.display());
+        }
         if !self.headers.is_empty() {
             let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
             s += &format!(", export headers {}", names.join(", "));
@@ -126,6 +133,7 @@ pub(super) struct RawTracing {
     service_name: Option<Spanned<String>>,
     headers: Option<RawHeaders>,
     timeout: Option<PromDuration>,
+    ca_file: Option<String>,
 }
 
 /// Validates `tracing:`; errors are located at the offending node.
@@ -254,7 +262,17 @@ pub(super) fn build(
         errors.push(FileError::at(path, &at, "tracing.timeout must be above 0"));
         ok = false;
     }
+    // relative to the config file's directory, as every other path in it
+    let ca_file = raw.ca_file.map(|f| {
+        let f = Path::new(&f);
+        if f.is_absolute() {
+            f.to_path_buf()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(f)
+        }
+    });
     ok.then_some(TracingConfig {
+        ca_file,
         endpoint,
         protocol: raw.protocol,
         sample_ratio,
@@ -313,6 +331,20 @@ mod tests {
         assert!(t.parent_based);
         assert_eq!(t.service_name, "obsgate");
         assert_eq!(t.timeout, DEFAULT_EXPORT_TIMEOUT);
+        assert_eq!(t.ca_file, None);
+        // ca_file: relative to the config file's directory, or absolute
+        let t = parse("tracing:\n  endpoint: https://tempo:4318\n  ca_file: certs/otlp-ca.pem\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            t.ca_file.as_deref(),
+            Some(Path::new("/etc/obsgate/certs/otlp-ca.pem"))
+        );
+        assert!(t.describe().contains("CA /etc/obsgate/certs/otlp-ca.pem"));
+        let t = parse("tracing:\n  endpoint: https://tempo:4318\n  ca_file: /ca.pem\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         let t = parse("tracing:\n  endpoint: https://otlp.example/otlp/v1/traces\n")
             .unwrap()
             .unwrap();

@@ -489,6 +489,9 @@ fn trace_answer(
     r: &Response<Body>,
 ) {
     use opentelemetry::KeyValue;
+    if !t.is_recording() {
+        return;
+    }
     t.set_attribute(KeyValue::new(
         "obsgate.original.method",
         orig.method.as_str().to_string(),

@@ -5,8 +5,9 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
-/// Hop-by-hop headers that are always removed (parsed once, not on every request).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Hop-by-hop headers that are always removed. `static`, not `const`: a `const` array is built
+/// and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -23,7 +24,7 @@ pub const X_PROM_LABEL_POLICY: HeaderName = HeaderName::from_static("x-prom-labe
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers only the gateway may set.
-const GATEWAY_OWNED: [HeaderName; 3] = [header::AUTHORIZATION, X_SCOPE_ORGID, X_PROM_LABEL_POLICY];
+static GATEWAY_OWNED: [HeaderName; 3] = [header::AUTHORIZATION, X_SCOPE_ORGID, X_PROM_LABEL_POLICY];
 
 fn connection_tokens(h: &HeaderMap) -> Vec<HeaderName> {
     h.get_all(header::CONNECTION)

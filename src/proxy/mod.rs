@@ -245,7 +245,7 @@ pub async fn handle(
 }
 
 /// The server span of a request: `METHOD route` (the route pattern, never the raw path, names
-/// it), with what is known before authentication.
+/// it), with what is known before authentication (built only when the request is sampled).
 fn request_trace(
     t: &crate::otel::Tracing,
     mode: Mode,
@@ -256,21 +256,23 @@ fn request_trace(
     headers: &http::HeaderMap,
 ) -> crate::otel::RequestTrace {
     use opentelemetry::KeyValue;
-    let mut attrs = vec![
-        KeyValue::new("http.request.method", method.as_str().to_string()),
-        KeyValue::new("url.path", path.to_string()),
-        KeyValue::new("network.peer.address", peer.ip().to_string()),
-        KeyValue::new("obsgate.mode", mode.as_str()),
-    ];
-    let name = match route {
-        Some((name, backend)) => {
-            attrs.push(KeyValue::new("http.route", name));
-            attrs.push(KeyValue::new("obsgate.backend", backend));
-            format!("{method} {name}")
-        }
-        None => method.as_str().to_string(),
-    };
-    t.request(name, headers, attrs)
+    t.request(headers, || {
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.as_str().to_string()),
+            KeyValue::new("url.path", path.to_string()),
+            KeyValue::new("network.peer.address", peer.ip().to_string()),
+            KeyValue::new("obsgate.mode", mode.as_str()),
+        ];
+        let name = match route {
+            Some((name, backend)) => {
+                attrs.push(KeyValue::new("http.route", name));
+                attrs.push(KeyValue::new("obsgate.backend", backend));
+                format!("{method} {name}")
+            }
+            None => method.as_str().to_string(),
+        };
+        (name, attrs)
+    })
 }
 
 /// `obsgate_requests_total` and `obsgate_request_duration_seconds` for one request.
@@ -525,6 +527,9 @@ fn trace_decision(
     client_ip: IpAddr,
 ) {
     use opentelemetry::KeyValue;
+    if !t.is_recording() {
+        return;
+    }
     t.set_attribute(KeyValue::new("client.address", client_ip.to_string()));
     if let Some(id) = &audit.identity {
         t.set_attribute(KeyValue::new("obsgate.token", id.token_name.clone()));
@@ -630,6 +635,7 @@ async fn prepare(
                     let rewritten =
                         apply(&parts.method, &mut parts.headers, qs.as_deref(), body, &rw).await;
                     if let Some(s) = span.as_mut()
+                        && s.is_recording()
                         && let Err(e) = &rewritten
                     {
                         s.fail(match e {
@@ -842,6 +848,9 @@ fn trace_upstream(
     result: &Result<crate::upstream::Sent, crate::upstream::SendError>,
 ) {
     use opentelemetry::KeyValue;
+    if !s.is_recording() {
+        return;
+    }
     s.set_attribute(KeyValue::new("obsgate.backend", backend));
     s.set_attribute(KeyValue::new("obsgate.component", component));
     match result {
