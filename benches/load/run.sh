@@ -17,7 +17,9 @@
 #   bash benches/load/run.sh   (DURATION=10 RATE=4000 CONNECTIONS=32 REPEAT=3 ONLY=obsgate,nginx PERF=1)
 #   WORKLOAD=query|push|both (default both) picks the workloads; RATE is the query's fixed rate and
 #   PUSH_RATE (default 1000) the push's, in requests/s. ONLY names targets: direct, floor, obsgate,
-#   nginx, haproxy, caddy, nginx_fa, replicas. PERF=1 writes obsgate.perf.data (query), obsgate-push.perf.data.
+#   nginx, haproxy, caddy, nginx_fa, replicas (and, only when named, obsgate_before with
+#   OBSGATE_BEFORE=<binary>, obsgate_traced with TRACED_RATIO=<sample_ratio, default 1>).
+#   PERF=1 writes obsgate.perf.data (query), obsgate-push.perf.data.
 #   ONLY=replicas bash benches/load/run.sh   (REPLICAS_RATE=4000 for a fixed rate instead of saturation)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
