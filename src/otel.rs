@@ -251,12 +251,19 @@ impl RequestTrace {
 
     /// A child span of the request's span.
     pub fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
-        ChildSpan(
+        let parent = self.cx.span();
+        if !parent.is_recording() {
+            // the children of an unsampled span are unsampled too (the parent-based sampler
+            // follows it, the ratio sampler decides on the same trace ID): no span is built,
+            // and the upstream gets the request span's context
+            return ChildSpan(Child::Unsampled(parent.span_context().clone()));
+        }
+        ChildSpan(Child::Recording(
             self.tracer
                 .span_builder(name)
                 .with_kind(kind)
                 .start_with_context(&self.tracer, &self.cx),
-        )
+        ))
     }
 
     pub fn set_attribute(&self, kv: KeyValue) {
@@ -287,26 +294,44 @@ impl RequestTrace {
 }
 
 /// A span inside a request: authentication, the rewrite of a query, the upstream call.
-pub struct ChildSpan(opentelemetry_sdk::trace::Span);
+pub struct ChildSpan(Child);
+
+// on the stack for one phase of one request: boxing would allocate for every sampled span
+#[allow(clippy::large_enum_variant)]
+enum Child {
+    Recording(opentelemetry_sdk::trace::Span),
+    /// A child of an unsampled request: nothing is recorded; the request span's context.
+    Unsampled(SpanContext),
+}
 
 impl ChildSpan {
     /// Whether this span is sampled (its attributes are worth building).
     pub fn is_recording(&self) -> bool {
-        self.0.is_recording()
+        match &self.0 {
+            Child::Recording(s) => s.is_recording(),
+            Child::Unsampled(_) => false,
+        }
     }
 
     pub fn set_attribute(&mut self, kv: KeyValue) {
-        self.0.set_attribute(kv);
+        if let Child::Recording(s) = &mut self.0 {
+            s.set_attribute(kv);
+        }
     }
 
     pub fn fail(&mut self, message: String) {
-        self.0.set_status(Status::error(message));
+        if let Child::Recording(s) = &mut self.0 {
+            s.set_status(Status::error(message));
+        }
     }
 
     /// Writes this span's context as the `traceparent` (and the trace's `tracestate`) of the
     /// request sent upstream, replacing whatever the client sent.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let sc: &SpanContext = self.0.span_context();
+        let sc: &SpanContext = match &self.0 {
+            Child::Recording(s) => s.span_context(),
+            Child::Unsampled(sc) => sc,
+        };
         // 00-<trace id>-<span id>-<flags>
         let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
@@ -326,8 +351,10 @@ impl ChildSpan {
         }
     }
 
-    pub fn end(mut self) {
-        self.0.end();
+    pub fn end(self) {
+        if let Child::Recording(mut s) = self.0 {
+            s.end();
+        }
     }
 }
 
