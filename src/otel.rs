@@ -91,11 +91,8 @@ impl Tracing {
                     if let Some(ca) = &cfg.ca_file {
                         // checked here, so that a file that holds no usable certificate fails
                         // the start instead of every export
-                        crate::tls::check_ca_file(ca)
+                        let pem = crate::tls::read_ca_pem(ca)
                             .map_err(|e| format!("tracing.ca_file: {e}"))?;
-                        let pem = std::fs::read(ca).map_err(|e| {
-                            format!("tracing.ca_file: cannot read {}: {e}", ca.display())
-                        })?;
                         tls = tls.ca_certificate(Certificate::from_pem(pem));
                     }
                     b = b.with_tls_config(tls);

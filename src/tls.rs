@@ -11,9 +11,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: cannot read certificates: {e}", path.display()))?
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: cannot read certificates: {e}", path.display()))
+}
+
+/// The certificates of a PEM text read from `path` (named in errors); at least one.
+fn certs_in(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: invalid PEM certificate: {e}", path.display()))?;
     if certs.is_empty() {
@@ -22,8 +26,16 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
-    for c in read_certs(path)? {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    certs_in(&read_pem(path)?, path)
+}
+
+fn add_roots(
+    certs: Vec<CertificateDer<'static>>,
+    path: &Path,
+    roots: &mut RootCertStore,
+) -> Result<(), String> {
+    for c in certs {
         roots
             .add(c)
             .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
@@ -31,10 +43,16 @@ fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `path` holds CA certificates rustls can use (for a client that reads the file
-/// itself, as the OTLP/gRPC exporter does).
-pub fn check_ca_file(path: &Path) -> Result<(), String> {
-    roots_from(path, &mut RootCertStore::empty())
+fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
+    add_roots(read_certs(path)?, path, roots)
+}
+
+/// The PEM text of a CA file, once rustls has accepted its certificates (for a client that
+/// takes the PEM itself, as the OTLP/gRPC exporter does). The file is read once.
+pub fn read_ca_pem(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = read_pem(path)?;
+    add_roots(certs_in(&pem, path)?, path, &mut RootCertStore::empty())?;
+    Ok(pem)
 }
 
 pub fn server_config(cfg: &crate::config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {

@@ -637,21 +637,13 @@ async fn a_connection_reading_its_header_counts_against_max_connections() {
 
 mod tls {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, ServerName};
     use std::sync::Arc;
 
     #[tokio::test]
     async fn the_header_comes_before_the_client_hello() {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let pki = localhost_pki();
         let up = Upstream::start().await;
         let s = Setup::new(
             &yaml(
@@ -662,12 +654,12 @@ mod tls {
             ),
             &policies(),
         );
-        std::fs::write(s.path("gw.pem"), cert.pem()).unwrap();
-        std::fs::write(s.path("gw-key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(s.path("gw.pem"), &pki.cert_pem).unwrap();
+        std::fs::write(s.path("gw-key.pem"), &pki.key_pem).unwrap();
         let g = s.start().await;
         let gw = g.shared_addr();
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+        for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -162,29 +162,10 @@ async fn receive(
 
 impl Receiver {
     async fn start() -> Receiver {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let got: Arc<Mutex<Got>> = Arc::default();
-        let g2 = got.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = l.accept().await else {
-                    return;
-                };
-                let got = g2.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| receive(got.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, got, task }
+        Receiver::serve(None).await
     }
 
-    /// The same receiver behind TLS (ALPN h2 for gRPC, http/1.1 for OTLP/HTTP), with a
-    /// certificate for `localhost` that `ca_pem` signed.
+    /// The same receiver behind TLS (ALPN h2 for gRPC, http/1.1 for OTLP/HTTP).
     async fn start_tls(cert_pem: &str, key_pem: &str) -> Receiver {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -201,7 +182,10 @@ impl Receiver {
         .with_single_cert(certs, key)
         .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        Receiver::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let got: Arc<Mutex<Got>> = Arc::default();
@@ -212,16 +196,18 @@ impl Receiver {
                     return;
                 };
                 let got = g2.clone();
-                let acceptor = acceptor.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    // a client that does not trust the certificate fails here
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
                     let svc = service_fn(move |req| receive(got.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        // a client that does not trust the certificate fails the handshake
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -241,6 +227,16 @@ fn tracing_yaml(up: &Upstream, rx: &Receiver, protocol: &str, ratio: &str, more:
             rx.addr
         ),
     )
+}
+
+/// The response's `X-Trace-Id`.
+fn trace_id_of(r: &Reply) -> String {
+    r.headers
+        .get("x-trace-id")
+        .expect("an X-Trace-Id header")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -323,13 +319,7 @@ async fn otlp_http_continues_the_clients_trace_and_the_backend_continues_ours() 
     )
     .await;
     assert_eq!(r.status, 200);
-    let unsampled = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let unsampled = trace_id_of(&r);
     assert_eq!(unsampled.len(), 32);
     let (t2, _, f2) = upstream_traceparent(&up.last());
     assert_eq!((t2.as_str(), f2.as_str()), (unsampled.as_str(), "00"));
@@ -397,13 +387,7 @@ async fn otlp_grpc_exports_new_traces_denials_and_rewrites() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let new_trace = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let new_trace = trace_id_of(&r);
     let (t, _, f) = upstream_traceparent(&up.last());
     assert_eq!((t.as_str(), f.as_str()), (new_trace.as_str(), "01"));
     // a client's traceparent that is not W3C: ignored, a new trace
@@ -418,13 +402,7 @@ async fn otlp_grpc_exports_new_traces_denials_and_rewrites() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let other = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let other = trace_id_of(&r);
     assert_ne!(other, new_trace);
     assert_eq!(
         upstream_traceparent(&up.last()).0,
@@ -444,13 +422,7 @@ async fn otlp_grpc_exports_new_traces_denials_and_rewrites() {
     )
     .await;
     assert_eq!(r.status, 403);
-    let denied = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let denied = trace_id_of(&r);
     assert_eq!(up.requests().len(), seen);
     // a 404 is traced too
     let r = send(&client(), traced_get(addr, "/nope", "rw", None)).await;
@@ -670,13 +642,7 @@ async fn audit_lines_carry_the_trace_id_in_json_and_text_logs() {
         )
         .await;
         assert_eq!(r.status, 403);
-        let trace_id = r
-            .headers
-            .get("x-trace-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let trace_id = trace_id_of(&r);
         // give the audit line a moment to be written, then stop the process
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = child.0.kill();
@@ -764,13 +730,7 @@ async fn a_request_the_tenant_controls_refuse_says_so_in_its_auth_span() {
     )
     .await;
     assert_eq!(r.status, 503);
-    let trace = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let trace = trace_id_of(&r);
     assert!(up.requests().is_empty());
     gw.shutdown().await;
     let spans: Vec<GotSpan> = rx
@@ -831,13 +791,7 @@ async fn sigterm_exports_the_queued_spans_on_one_worker_thread() {
         )
         .await;
         assert_eq!(r.status, 200);
-        let trace = r
-            .headers
-            .get("x-trace-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let trace = trace_id_of(&r);
         // the batch is sent every 5 s: well before that, SIGTERM
         let t0 = std::time::Instant::now();
         let killed = std::process::Command::new("kill")
@@ -901,13 +855,7 @@ async fn client_context_can_be_ignored_and_failed_exports_are_counted() {
     )
     .await;
     assert_eq!(r.status, 200, "a dead receiver costs the request nothing");
-    let own = r
-        .headers
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let own = trace_id_of(&r);
     assert_ne!(own, CLIENT_TRACE, "the client's trace is not continued");
     let (t, _, flags) = upstream_traceparent(&up.last());
     assert_eq!(
@@ -932,19 +880,11 @@ async fn client_context_can_be_ignored_and_failed_exports_are_counted() {
 /// start with an error naming the key.
 #[tokio::test]
 async fn https_receivers_with_a_private_ca_need_ca_file() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let pki = localhost_pki();
     let up = Upstream::start().await;
     for protocol in ["http", "grpc"] {
         for with_ca in [true, false] {
-            let rx = Receiver::start_tls(&cert.pem(), &key.serialize_pem()).await;
+            let rx = Receiver::start_tls(&pki.cert_pem, &pki.key_pem).await;
             let ca_line = if with_ca {
                 "  ca_file: otlp-ca.pem\n"
             } else {
@@ -959,7 +899,7 @@ async fn https_receivers_with_a_private_ca_need_ca_file() {
             );
             let setup = Setup::new(&yaml, &policies());
             // relative to the config file's directory
-            std::fs::write(setup.path("otlp-ca.pem"), ca.pem()).unwrap();
+            std::fs::write(setup.path("otlp-ca.pem"), &pki.ca_pem).unwrap();
             let gw = setup.start().await;
             let g = gw.gateway.clone();
             let r = send(
@@ -973,13 +913,7 @@ async fn https_receivers_with_a_private_ca_need_ca_file() {
             )
             .await;
             assert_eq!(r.status, 200);
-            let id = r
-                .headers
-                .get("x-trace-id")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_string();
+            let id = trace_id_of(&r);
             gw.shutdown().await;
             let ok = g.metrics.trace_spans.with_label_values(&["success"]).get();
             let failed = g.metrics.trace_spans.with_label_values(&["failure"]).get();
